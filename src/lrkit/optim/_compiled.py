@@ -68,6 +68,7 @@ __all__ = [
     "DUAL_ADAM_STATS",
     "KERNELS",
     "PRODIGY_STATS",
+    "PRODIGY_UPDATE",
     "SCHEDULE_FREE",
     "SUPPORTED_DEVICE_TYPES",
     "CompiledKernel",
@@ -79,7 +80,10 @@ __all__ = [
     "dadapt_adam_kernel",
     "dual_adam_stats_kernel",
     "pack",
+    "prodigy_stats_fused",
     "prodigy_stats_kernel",
+    "prodigy_update_fused",
+    "prodigy_update_kernel",
     "scalar",
     "schedule_free_fused",
     "schedule_free_kernel",
@@ -428,44 +432,81 @@ def _adam_moments(
 
 
 def prodigy_stats_kernel(
-    x: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor | None,
-    exp_avg_sq: Tensor,
-    s: Tensor,
-    x0: Tensor,
-    scalars: Tensor,
+    x: Tensor, grad: Tensor, s: Tensor, x0: Tensor, scalars: Tensor
 ) -> tuple[Tensor, Tensor]:
-    r"""Prodigy's statistics of one tensor in one sweep: moments, ``s`` and the two sums.
+    r"""Prodigy's statistics of one tensor in one sweep: ``s`` and the two sums.
 
-    The equations of :func:`lrkit.optim._dadapt_core.adam_stats_single` with
-    ``direction="distance"`` and ``scaled_v=True`` (Mishchenko & Defazio, "Prodigy: An
-    Expeditiously Adaptive Parameter-Free Learner", ICML 2024,
-    https://arxiv.org/abs/2306.06101):
+    The ``s`` update and sums of :func:`lrkit.optim._dadapt_core.adam_stats_single` with
+    ``direction="distance"`` (Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive
+    Parameter-Free Learner", ICML 2024, https://arxiv.org/abs/2306.06101); the moments, which
+    this step's sums do not need, are left to :func:`prodigy_update_kernel`:
 
     .. math::
 
         \hat g = g + \lambda_c x, \quad n = \langle \hat g, x_0 - x \rangle, \quad
-        m \leftarrow \operatorname{lerp}(m, d \hat g, 1 - \beta_1), \quad
-        v \leftarrow \beta_2 v + (1 - \beta_2) (d \hat g)^2, \quad
         s \leftarrow \beta_3 s + c\, \hat g, \quad \ell = \lVert s \rVert_1
 
     Args:
         x: The parameter, read only.
         grad: Its gradient, read only.
-        exp_avg: :math:`m`, updated, or ``None`` (:math:`\beta_1 = 0`).
-        exp_avg_sq: :math:`v`, updated.
         s: :math:`s`, updated.
         x0: The initial point :math:`x_0`.
-        scalars: :math:`(\lambda_c, \beta_1, \beta_2, \beta_3, d, c)`.
+        scalars: :math:`(\lambda_c, \beta_3, c)`.
 
     Returns:
         ``(n, ℓ)`` as 0-dim tensors in the tensors' dtype.
     """
-    g_hat = grad + scalars[0] * x
+    weight_decay, beta3, s_scale = scalars
+    g_hat = grad + weight_decay * x
     n = (g_hat * (x0 - x)).sum()
-    _, _, s_new = _adam_moments(g_hat, exp_avg, exp_avg_sq, s, scalars, scaled_v=True)
+    s_new = s * beta3 + g_hat * s_scale
+    s.copy_(s_new)
     return n, s_new.abs().sum()
+
+
+def prodigy_update_kernel(
+    x: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor | None,
+    exp_avg_sq: Tensor,
+    scalars: Tensor,
+) -> None:
+    r"""Prodigy's moments and update of one tensor in one sweep, once the new ``d`` is known.
+
+    The moment updates of :func:`lrkit.optim._dadapt_core.adam_stats_single` with
+    ``scaled_v=True`` (with the step's old :math:`d_k`, so they could have run with the
+    statistics: moving them here reads :math:`m` and :math:`v` once per step), then the update
+    of :func:`lrkit.optim._dadapt_core.adam_update_single` (Mishchenko & Defazio 2024,
+    https://arxiv.org/abs/2306.06101):
+
+    .. math::
+
+        \hat g = g + \lambda_c x, \quad
+        m \leftarrow \operatorname{lerp}(m, d_k \hat g, 1 - \beta_1), \quad
+        v \leftarrow \beta_2 v + (1 - \beta_2) (d_k \hat g)^2, \\
+        x \leftarrow x (1 - \lambda_d \alpha) - \alpha\, m / (\sqrt{v} + e)
+
+    With ``exp_avg=None`` (:math:`\beta_1 = 0`) nothing is stored and :math:`m = a' \hat g`
+    (:math:`a' = d_{k+1}`, as the reference does).
+
+    Args:
+        x: The parameter, updated.
+        grad: Its gradient, read only.
+        exp_avg: :math:`m`, updated, or ``None``.
+        exp_avg_sq: :math:`v`, updated.
+        scalars: :math:`(\lambda_c, \beta_1, \beta_2, d_k, a', \lambda_d \alpha, \alpha, e)`.
+    """
+    weight_decay, beta1, beta2, m_scale, m_next, decay, step, eps = scalars
+    g_hat = grad + weight_decay * x
+    g_a = g_hat * m_scale
+    if exp_avg is None:
+        m = g_hat * m_next
+    else:
+        m = torch.lerp(exp_avg, g_a, 1 - beta1)
+        exp_avg.copy_(m)
+    v = exp_avg_sq * beta2 + g_a * g_a * (1 - beta2)
+    exp_avg_sq.copy_(v)
+    x.copy_(x * (1 - decay) - step * m / (torch.sqrt(v) + eps))
 
 
 def dual_adam_stats_kernel(
@@ -579,10 +620,11 @@ def adam_update_kernel(
 # --------------------------------------------------------------------------------------------
 SCHEDULE_FREE = CompiledKernel(schedule_free_kernel)
 PRODIGY_STATS = CompiledKernel(prodigy_stats_kernel)
+PRODIGY_UPDATE = CompiledKernel(prodigy_update_kernel)
 DUAL_ADAM_STATS = CompiledKernel(dual_adam_stats_kernel)
 DADAPT_ADAM = CompiledKernel(dadapt_adam_kernel)
 ADAM_UPDATE = CompiledKernel(adam_update_kernel)
-KERNELS = (SCHEDULE_FREE, PRODIGY_STATS, DUAL_ADAM_STATS, DADAPT_ADAM, ADAM_UPDATE)
+KERNELS = (SCHEDULE_FREE, PRODIGY_STATS, PRODIGY_UPDATE, DUAL_ADAM_STATS, DADAPT_ADAM, ADAM_UPDATE)
 """Every kernel of the compiled path."""
 
 
@@ -693,8 +735,9 @@ def adam_stats_fused(
 
     Same arguments and result, plus ``fallback`` (the function that runs on the tensors the
     kernel leaves, or on all when it cannot be compiled; its sums come after the kernel's).
-    Prodigy's setting (``direction="distance"``, ``scaled_v=True``) runs
-    :data:`PRODIGY_STATS`, D-Adapt Adam's (``"dual"``, ``False``) :data:`DUAL_ADAM_STATS`.
+    D-Adapt Adam's setting (``direction="dual"``, ``scaled_v=False``) runs
+    :data:`DUAL_ADAM_STATS`; any other runs ``fallback`` (Prodigy has its own drivers,
+    :func:`prodigy_stats_fused` and :func:`prodigy_update_fused`).
     """
     scalars = pack(
         out.device,
@@ -708,9 +751,7 @@ def adam_stats_fused(
     )
     lists = [params, grads, exp_avgs, exp_avg_sqs, sums, inits]
     done = None
-    if direction == "distance" and scaled_v and inits is not None:
-        done = PRODIGY_STATS.apply(lists, scalars)
-    elif direction == "dual" and not scaled_v:
+    if direction == "dual" and not scaled_v:
         done = DUAL_ADAM_STATS.apply(lists[:5], scalars, coupled=weight_decay != 0.0)
     results, rest = ([], list(range(len(params)))) if done is None else done
     sums_out = _stacked(results, out)
@@ -840,3 +881,132 @@ def dadapt_adam_fused(
         )
         sums_out = _concat(sums_out, more)
     return sums_out
+
+
+def prodigy_stats_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor] | None,
+    exp_avg_sqs: list[Tensor],
+    sums: list[Tensor],
+    inits: list[Tensor],
+    *,
+    weight_decay: float,
+    beta1: float,
+    beta2: float,
+    beta_s: float,
+    m_scale: Tensor,
+    s_scale: Tensor,
+    out: Tensor,
+    fallback: Callable[..., tuple[Tensor, Tensor]],
+) -> tuple[Tensor, Tensor, list[int]]:
+    """Prodigy's statistics of a param group with :data:`PRODIGY_STATS`.
+
+    Arguments as :func:`~lrkit.optim._dadapt_core.adam_stats_foreach` with
+    ``direction="distance"`` and ``scaled_v=True``, plus ``fallback`` (that function, for the
+    tensors the kernel leaves, or all when it cannot be compiled). The kernel updates ``s`` and
+    takes the sums only; the moments of its tensors are updated by
+    :func:`prodigy_update_fused`, which must be given the indices returned here. ``fallback``
+    updates the moments of the others at once.
+
+    Returns:
+        The per-tensor ``(n, ℓ)`` as two 1-D tensors, and the indices of the tensors the kernel
+        took.
+    """
+    scalars = pack(out.device, weight_decay=weight_decay, beta_s=beta_s, s_scale=s_scale)
+    done = PRODIGY_STATS.apply([params, grads, sums, inits], scalars)
+    results, rest = ([], list(range(len(params)))) if done is None else done
+    sums_out = _stacked(results, out)
+    left = set(rest)
+    taken = [i for i in range(len(params)) if i not in left]
+    if rest:
+        lists = [params, grads, exp_avgs, exp_avg_sqs, sums, inits]
+        more = fallback(
+            *_subset(lists, rest),
+            direction="distance",
+            weight_decay=weight_decay,
+            beta1=beta1,
+            beta2=beta2,
+            beta_s=beta_s,
+            m_scale=m_scale,
+            scaled_v=True,
+            s_scale=s_scale,
+            eps=0.0,
+            out=out,
+        )
+        sums_out = _concat(sums_out, more)
+    return sums_out[0], sums_out[1], taken
+
+
+def prodigy_update_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor] | None,
+    exp_avg_sqs: list[Tensor],
+    *,
+    taken: list[int],
+    weight_decay: float,
+    beta1: float,
+    beta2: float,
+    m_scale: Tensor,
+    m_next: Tensor,
+    decay: Tensor | None,
+    step: Tensor,
+    eps: Tensor,
+    fallback: Callable[..., None],
+) -> None:
+    r"""Prodigy's update of a param group after :func:`prodigy_stats_fused`.
+
+    The tensors ``taken`` by the statistics kernel still need their moment updates (with the
+    old ``d``, ``m_scale``): :data:`PRODIGY_UPDATE` does both in one sweep, and runs uncompiled
+    on any of them it cannot take (the same equations). The other tensors, whose moments the
+    fallback statistics updated, take ``fallback``.
+
+    Args:
+        params: Parameters ``x`` (updated).
+        grads: Their gradients (read only).
+        exp_avgs: First moments ``m``, or ``None`` when ``β1 = 0``.
+        exp_avg_sqs: Second moments ``v``.
+        taken: Indices returned by :func:`prodigy_stats_fused`.
+        weight_decay: Coupled decay ``λ_c`` (0 for none or decoupled).
+        beta1: ``β1``.
+        beta2: ``β2``.
+        m_scale: :math:`d_k`, the scale of the gradient in the moments.
+        m_next: :math:`d_{k+1}`: :math:`m = d_{k+1} \hat g` when :math:`\beta_1 = 0`.
+        decay: ``λ_d α`` for decoupled weight decay, or ``None``.
+        step: ``α``.
+        eps: ``e``, the denominator's :math:`d_{k+1} \epsilon`.
+        fallback: :func:`~lrkit.optim._dadapt_core.adam_update_foreach` or its loop twin, called
+            with ``m_scale=m_next``.
+    """
+    lists = [params, grads, exp_avgs, exp_avg_sqs]
+    if taken:
+        scalars = pack(
+            step.device,
+            weight_decay=weight_decay,
+            beta1=beta1,
+            beta2=beta2,
+            m_scale=m_scale,
+            m_next=m_next,
+            decay=0.0 if decay is None else decay,
+            step=step,
+            eps=eps,
+        )
+        mine = _subset(lists, taken)
+        done = PRODIGY_UPDATE.apply(mine, scalars)
+        left = list(range(len(taken))) if done is None else done[1]
+        for i in (taken[j] for j in left):  # the same equations, uncompiled
+            m = None if exp_avgs is None else exp_avgs[i]
+            x = params[i]
+            prodigy_update_kernel(x, grads[i], m, exp_avg_sqs[i], scalars.to(x.device))
+    taken_set = set(taken)
+    rest = [i for i in range(len(params)) if i not in taken_set]
+    if rest:
+        fallback(
+            *_subset(lists, rest),
+            weight_decay=weight_decay,
+            m_scale=m_next,
+            decay=decay,
+            step=step,
+            eps=eps,
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -11,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lrkit._validate import check_bool, check_float, check_probability
-from lrkit.optim._compiled import adam_stats_fused, adam_update_fused
+from lrkit.optim._compiled import prodigy_stats_fused, prodigy_update_fused
 from lrkit.optim._dadapt_core import (
     DAdaptOptimizer,
     adam_stats_foreach,
@@ -109,10 +108,10 @@ class Prodigy(DAdaptOptimizer):
         foreach: Multi-tensor path; ``None`` follows torch.optim (multi-tensor on CUDA-like
             devices, the per-tensor loop on the CPU).
         fused: ``True``: on the CPU, compiled kernels for tensors of 64K elements or more, one
-            sweep for the statistics and one for the update (the first step compiles them;
-            see :mod:`lrkit.optim._compiled`), the ``foreach`` choice for the others and
-            wherever compiling fails (with a warning). ``None`` (default) or ``False``: the
-            ``foreach`` choice.
+            sweep for ``s`` and the sums and one for the moments and the update (the first step
+            compiles them; see :mod:`lrkit.optim._compiled`), the ``foreach`` choice for the
+            others and wherever compiling fails (with a warning). ``None`` (default) or
+            ``False``: the ``foreach`` choice.
         process_group: The data-parallel process group this optimizer runs in.
         sharded: Parameters are sharded over ``process_group``: all-reduce the sums.
 
@@ -238,9 +237,6 @@ class Prodigy(DAdaptOptimizer):
             adam_stats_foreach if foreach else adam_stats_single
         )
         update: Callable[..., None] = adam_update_foreach if foreach else adam_update_single
-        if self.fused:
-            stats = functools.partial(adam_stats_fused, fallback=stats)
-            update = functools.partial(adam_update_fused, fallback=update)
         names = ("exp_avg_sq", "s", "x0", "exp_avg") if beta1 > 0.0 else ("exp_avg_sq", "s", "x0")
 
         # Statistics: moments, s, and this step's shares of the two sums.
@@ -250,27 +246,33 @@ class Prodigy(DAdaptOptimizer):
         for group in groups:
             t = self._gather(group, names, lambda p: self._init_state(p, first_moment=beta1 > 0))
             dlr = d * group["lr"] * rho  # α_k for this group
-            dots, norms = stats(
+            lists = (
                 t.params,
                 t.grads,
                 t.get("exp_avg"),
                 t.buffers["exp_avg_sq"],
                 t.buffers["s"],
                 t.buffers["x0"],
-                direction="distance",
-                weight_decay=0.0 if decouple else group["weight_decay"],
-                beta1=beta1,
-                beta2=beta2,
-                beta_s=beta3,
-                m_scale=d,
-                scaled_v=True,
-                s_scale=w * (d if hp["safeguard_warmup"] else dlr),
-                eps=0.0,
-                out=d,
             )
+            args: dict[str, Any] = {
+                "weight_decay": 0.0 if decouple else group["weight_decay"],
+                "beta1": beta1,
+                "beta2": beta2,
+                "beta_s": beta3,
+                "m_scale": d,
+                "s_scale": w * (d if hp["safeguard_warmup"] else dlr),
+                "out": d,
+            }
+            taken: list[int] = []
+            if self.fused:
+                # The compiled path updates s and takes the sums here, and leaves the moments
+                # of the tensors it took to its update kernel (one sweep fewer).
+                dots, norms, taken = prodigy_stats_fused(*lists, **args, fallback=stats)
+            else:
+                dots, norms = stats(*lists, direction="distance", scaled_v=True, eps=0.0, **args)
             numerator = numerator + w * dlr * dots.sum()
             denominator = denominator + norms.sum()
-            gathered.append((t, dlr))
+            gathered.append((t, dlr, taken))
         self._all_reduce([numerator, denominator])
 
         # The new estimate; a step without progress or with non-finite sums keeps the old one.
@@ -292,20 +294,35 @@ class Prodigy(DAdaptOptimizer):
 
         # The update, with the step size of this step and the new d in the denominator.
         moved = progress.to(d.dtype)
-        for t, dlr in gathered:
+        for t, dlr, taken in gathered:
             group = t.group
             alpha = dlr * moved
             decay = group["weight_decay"] * alpha if decouple and group["weight_decay"] else None
+            tensors = (t.params, t.grads, t.get("exp_avg"), t.buffers["exp_avg_sq"])
+            wd = 0.0 if decouple else group["weight_decay"]
+            eps = d_next * group["eps"]
+            if self.fused:
+                prodigy_update_fused(
+                    *tensors,
+                    taken=taken,
+                    weight_decay=wd,
+                    beta1=beta1,
+                    beta2=beta2,
+                    m_scale=d,
+                    m_next=d_next,
+                    decay=decay,
+                    step=alpha,
+                    eps=eps,
+                    fallback=update,
+                )
+                continue
             update(
-                t.params,
-                t.grads,
-                t.get("exp_avg"),
-                t.buffers["exp_avg_sq"],
-                weight_decay=0.0 if decouple else group["weight_decay"],
+                *tensors,
+                weight_decay=wd,
                 m_scale=d_next,  # β1 = 0: m = d_{k+1} ĝ, as in the reference
                 decay=decay,
                 step=alpha,
-                eps=d_next * group["eps"],
+                eps=eps,
             )
 
     def info(self) -> dict[str, float]:
