@@ -22,6 +22,7 @@ OPTIMIZERS = {
     "DoG": optim.DoG,
     "LDoG": optim.LDoG,
     "torch.SGD(lr=tensor)": lambda p: torch.optim.SGD(p, lr=torch.tensor(0.1)),
+    "Polyak(loss=)": lambda p: optim.Polyak(p, lr=5.0),
 }
 # Recompiles at every change of lr: dynamo specializes the Python float lr where it cannot turn
 # it into a tensor (torch's SGD: add_(alpha=-lr)); a tensor lr, which lrkit.Scheduler fills in
@@ -61,7 +62,7 @@ def _run(make, backend):
         opt.zero_grad(set_to_none=False)
         loss = loss_fn()
         loss.backward()
-        opt.step()
+        opt.step(**({"loss": loss} if isinstance(opt, optim.Polyak) else {}))
         return loss
 
     counter = None
@@ -163,3 +164,112 @@ def test_torch_keeps_no_in_place_update_of_a_0dim_float64_cpu_tensor():
 def test_float_lr_specialization_recompiles(name):
     _, frames, _ = _run(RECOMPILES[name], "aot_eager")
     assert frames[5] - frames[1] >= 4, frames  # a new frame for each new rate
+
+
+# --------------------------------------------------------------------------------------------
+# Polyak and Armijo: step(closure) called eagerly, the closure calls compiled code
+# --------------------------------------------------------------------------------------------
+# lr = 20 with Polyak: the capped and the uncapped ratio both occur. Armijo starts each search
+# from twice the last step size (reset 2 with n/b = 1, γ = 2) and c = 0.5, β = 0.5: it
+# backtracks in several steps, by different amounts.
+CLOSURE_OPTIMIZERS = {
+    "Polyak": lambda p: optim.Polyak(p, lr=20.0),
+    "Armijo": lambda p: optim.Armijo(p, lr=4.0, c=0.5, beta=0.5, n_batches_per_epoch=1),
+}
+
+
+def _run_closure(make, backend, compiled):
+    """Ten ``opt.step(closure)`` with a cosine schedule; ``compiled`` names what is compiled:
+    ``"loss"`` (the forward and the loss), ``"closure"`` (forward, loss and backward) or
+    ``"step"`` (the whole ``opt.step(closure)``)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(32, 6), torch.randn(32, 1)
+    opt = make(model.parameters())
+    sched = lrkit.Scheduler(opt, f"cosine(lr=1.0, steps={STEPS})", mode="factor")
+    counter = None if backend is None else CompileCounterWithBackend(backend)
+
+    def loss_fn():
+        return torch.nn.functional.mse_loss(model(x), y)
+
+    if counter is not None and compiled == "loss":
+        loss_fn = torch.compile(loss_fn, backend=counter)
+
+    def closure():
+        loss = loss_fn()
+        if torch.is_grad_enabled():  # Armijo's trial points are evaluated under no_grad
+            opt.zero_grad()
+            loss.backward()
+        return loss
+
+    if counter is not None and compiled == "closure":
+        closure = torch.compile(closure, backend=counter)
+
+    def step():
+        return opt.step(closure)
+
+    if counter is not None and compiled == "step":
+        step = torch.compile(step, backend=counter)
+    frames, infos = [], []
+    for _ in range(STEPS):
+        step()
+        sched.step()
+        frames.append(None if counter is None else counter.frame_count)
+        infos.append(opt.info())
+    return model, frames, infos
+
+
+def _check_closure(name, compiled):
+    model, frames, infos = _run_closure(CLOSURE_OPTIMIZERS[name], "aot_eager", compiled)
+    eager, _, eager_infos = _run_closure(CLOSURE_OPTIMIZERS[name], None, compiled)
+    assert len({i["group0/lr"] for i in infos}) == STEPS  # a new rate at every step
+    sizes = [i["group0/effective_lr"] for i in infos]
+    assert len(set(sizes)) >= STEPS - 2  # and the step size moves
+    for info, eager_info in zip(infos, eager_infos, strict=True):
+        assert info == pytest.approx(eager_info, rel=1e-6)
+    for p, q in zip(model.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    return frames, infos
+
+
+@pytest.mark.parametrize("name", sorted(CLOSURE_OPTIMIZERS))
+def test_closure_optimizer_with_a_compiled_loss_does_not_recompile(name):
+    frames, infos = _check_closure(name, "loss")
+    # one frame with gradients; Armijo adds one for its trial points (run under no_grad)
+    assert frames == [1 if name == "Polyak" else 2] * STEPS, frames
+    if name == "Polyak":
+        ratios = [i["polyak_step"] for i in infos]
+        caps = [i["group0/lr"] for i in [{"group0/lr": 20.0}, *infos[:-1]]]
+        assert any(r < c for r, c in zip(ratios, caps, strict=True))  # uncapped steps
+        assert any(r > c for r, c in zip(ratios, caps, strict=True))  # capped steps
+    else:
+        backtracks = [i["backtracks"] for i in infos]
+        assert len(set(backtracks)) >= 3, backtracks
+        assert sum(backtracks) >= 5, backtracks
+        assert infos[-1]["failed"] == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CLOSURE_OPTIMIZERS))
+def test_closure_optimizer_with_a_compiled_closure_does_not_recompile(name):
+    """Forward, loss and backward compiled together in the closure; the step stays eager."""
+    frames, _ = _check_closure(name, "closure")
+    assert frames == [1 if name == "Polyak" else 2] * STEPS, frames
+
+
+def test_polyak_compiled_whole_step_with_a_closure_does_not_recompile():
+    """``torch.compile(lambda: opt.step(closure))``: one more frame when the state is created
+    (step 1), then none while the cap changes at every step: the cap enters the graph as
+    ``ones * lr``, a tensor input (``clamp(max=lr)`` made dynamo specialize on each value)."""
+    frames, _ = _check_closure("Polyak", "step")
+    assert frames[1:] == [frames[1]] * (STEPS - 1), frames
+    assert frames[1] <= 4
+
+
+@pytest.mark.slow
+def test_armijo_compiled_whole_step_recompiles_with_the_step_size():
+    """Why Armijo's ``opt.step`` stays eager: its line search reads each trial loss on the host
+    (a graph break) and the trial step size ``φ · lr`` is a Python float dynamo specializes on,
+    so new step sizes keep compiling new frames. The numbers still equal the eager run."""
+    frames, _ = _check_closure("Armijo", "step")
+    assert frames[5] - frames[1] >= 8, frames

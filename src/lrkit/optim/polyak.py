@@ -146,6 +146,10 @@ class Polyak(LRKitOptimizer):
     as they were and ``info()["skipped"]`` counts the step. This decision is taken on the device
     (no synchronization).
 
+    ``torch.compile``: the cap enters the step as ``ones * lr`` (a tensor input), not as
+    ``clamp(max=lr)``, whose Python float dynamo specializes on; so a compiled step, or a
+    compiled ``opt.step(closure)``, does not recompile when a scheduler changes ``lr``.
+
     Args:
         params: Parameters or param groups.
         lr: ``γ_b``, the largest step size (default 1.0), per group.
@@ -259,7 +263,8 @@ class Polyak(LRKitOptimizer):
 
         glob = self.global_state
         for i, (group, params, dirs, foreach) in enumerate(work):
-            step_size = torch.where(ok, torch.clamp(ratio, max=group["lr"]), 0.0)
+            cap = ratio.new_ones(()) * group["lr"]  # a tensor: see "torch.compile" above
+            step_size = torch.where(ok, torch.minimum(ratio, cap), 0.0)
             key = f"group{i}/effective_lr"
             glob[key] = torch.where(ok, step_size, glob.get(key, torch.zeros_like(ratio)))
             if params:
