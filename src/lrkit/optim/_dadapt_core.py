@@ -57,6 +57,7 @@ from lrkit.optim._base import GLOBAL, LRKitOptimizer, check_grad
 from lrkit.optim._compiled import check_fused
 from lrkit.optim._dist import all_reduce_sum_, check_sharding
 from lrkit.optim._foreach import group_by_device_and_dtype, resolve_foreach
+from lrkit.optim._loop import Scratch, host_readable
 
 __all__ = [
     "DAdaptOptimizer",
@@ -129,7 +130,31 @@ def stack_scalars(values: list[Tensor], like: Tensor) -> Tensor:
     """The 0-dim ``values`` as one 1-D tensor in ``like``'s dtype and device (empty if none)."""
     if not values:
         return like.new_zeros(0)
+    first = values[0]
+    if all(v.dtype == first.dtype and v.device == first.device for v in values):
+        return torch.stack(values).to(device=like.device, dtype=like.dtype)  # one cast
     return torch.stack([v.to(device=like.device, dtype=like.dtype) for v in values])
+
+
+def _operand(scalar: Tensor, like: Tensor) -> Tensor:
+    """``scalar`` in ``like``'s dtype when that is float32, else ``scalar`` itself.
+
+    A float64 0-dim tensor in an op on float32 tensors is cast to float32 inside every op; casting
+    it once per loop gives the same values and saves one small copy per op. Other dtypes keep
+    the float64 scalar (cast by each op, once, to the op's own compute precision).
+    """
+    if like.dtype == torch.float32 and scalar.dtype != torch.float32:
+        return scalar.to(dtype=like.dtype)
+    return scalar
+
+
+def _l1_norm(t: Tensor, buf: Tensor) -> Tensor:
+    """``||t||_1`` as ``sum(|t|)``, with ``|t|`` written into ``buf`` (a tensor like ``t``).
+
+    ``torch.linalg.vector_norm(t, 1)`` gives the same value but its CPU kernel takes several
+    times as long as an ``abs`` and a ``sum`` (measured in ``benchmarks/optim_step.py``).
+    """
+    return torch.abs(t, out=buf).sum()
 
 
 def _decayed(grads: list[Tensor], params: list[Tensor], weight_decay: float) -> list[Tensor]:
@@ -185,23 +210,29 @@ def adam_stats_single(
     """
     numerators: list[Tensor] = []
     norms: list[Tensor] = []
+    scratch = Scratch(params)  # u, then a ĝ, then |s|, of one tensor at a time
+    cast: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
     for i, (x, g, v, s) in enumerate(zip(params, grads, exp_avg_sqs, sums, strict=True)):
+        if x.dtype not in cast:
+            cast[x.dtype] = (_operand(m_scale, x), _operand(s_scale, x))
+        a, c = cast[x.dtype]
         g_hat = g if weight_decay == 0.0 else g.add(x, alpha=weight_decay)  # ĝ = g + λ_c x
+        buf = scratch.like(x)
         if direction == "distance":
             assert inits is not None
-            u = inits[i] - x  # x0 - x
+            u = torch.sub(inits[i], x, out=buf)  # x0 - x
         else:
-            u = s / v.sqrt().add_(eps)  # s / (sqrt(v) + ε)
+            u = torch.div(s, torch.sqrt(v, out=buf).add_(eps), out=buf)  # s / (sqrt(v) + ε)
         numerators.append(torch.dot(g_hat.flatten(), u.flatten()))
         del u
-        g_a = g_hat * m_scale  # a ĝ
+        g_a = torch.mul(g_hat, a, out=buf)  # a ĝ
         if exp_avgs is not None:
             exp_avgs[i].lerp_(g_a, 1.0 - beta1)  # m ← β1 m + (1 - β1) a ĝ
         g_b = g_a if scaled_v else g_hat
         v.mul_(beta2).addcmul_(g_b, g_b, value=1.0 - beta2)  # v ← β2 v + (1 - β2) (b ĝ)²
         del g_a, g_b
-        s.mul_(beta_s).addcmul_(g_hat, s_scale)  # s ← β_s s + c ĝ
-        norms.append(torch.linalg.vector_norm(s, 1))  # ℓ = ||s||_1
+        s.mul_(beta_s).addcmul_(g_hat, c)  # s ← β_s s + c ĝ
+        norms.append(_l1_norm(s, buf))  # ℓ = ||s||_1
     return stack_scalars(numerators, out), stack_scalars(norms, out)
 
 
@@ -253,7 +284,10 @@ def adam_stats_foreach(
         del g_a, g_b
         torch._foreach_mul_(s, beta_s)
         torch._foreach_add_(s, torch._foreach_mul(g_hat, s_scale.to(dev)))
-        norms += torch._foreach_norm(s, 1)
+        if dev.type == "cpu":  # no multi-tensor kernel there, and the norm's is slow
+            norms += [si.abs().sum() for si in s]
+        else:
+            norms += torch._foreach_norm(s, 1)
     return stack_scalars(numerators, out), stack_scalars(norms, out)
 
 
@@ -283,20 +317,31 @@ def adam_update_single(
         step: ``α``, a tensor (Prodigy) or a number (D-Adapt Adam: 1).
         eps: ``e``.
     """
+    neg_step: Tensor | float = -step
+    if isinstance(neg_step, Tensor) and host_readable(neg_step):
+        neg_step = float(neg_step)  # addcdiv_'s value: no division of sqrt(v) + e by -α
+    scalars = {"keep": None if decay is None else 1.0 - decay, "neg_step": neg_step, "eps": eps}
+    cast: dict[torch.dtype, dict[str, Any]] = {}
+    scratch = Scratch(params)  # sqrt(v) + e of one tensor at a time
     for i, (x, v) in enumerate(zip(params, exp_avg_sqs, strict=True)):
+        if x.dtype not in cast:  # the 0-dim scalars in the op's dtype, cast once
+            cast[x.dtype] = {
+                k: _operand(c, x) if isinstance(c, Tensor) else c for k, c in scalars.items()
+            }
+        keep, neg_step, e = cast[x.dtype]["keep"], cast[x.dtype]["neg_step"], cast[x.dtype]["eps"]
         if exp_avgs is not None:
             m = exp_avgs[i]
         else:
             g = grads[i]
             g_hat = g if weight_decay == 0.0 else g.add(x, alpha=weight_decay)
             m = g_hat * m_scale
-        denom = v.sqrt().add_(eps)  # sqrt(v) + e
-        if decay is not None:
-            x.mul_(1.0 - decay)  # x ← x (1 - λ_d α)
-        if isinstance(step, Tensor):
-            x.addcdiv_(m, denom.div_(-step))  # x ← x + m / ((sqrt(v) + e) / -α)
+        denom = torch.sqrt(v, out=scratch.like(v)).add_(e)  # sqrt(v) + e
+        if keep is not None:
+            x.mul_(keep)  # x ← x (1 - λ_d α)
+        if isinstance(neg_step, Tensor):
+            x.addcdiv_(m, denom.div_(neg_step))  # x ← x + m / ((sqrt(v) + e) / -α)
         else:
-            x.addcdiv_(m, denom, value=-step)  # x ← x - α m / (sqrt(v) + e)
+            x.addcdiv_(m, denom, value=neg_step)  # x ← x - α m / (sqrt(v) + e)
 
 
 def adam_update_foreach(
@@ -323,11 +368,11 @@ def adam_update_foreach(
         torch._foreach_add_(denom, eps.to(dev) if isinstance(eps, Tensor) else eps)
         if decay is not None:
             torch._foreach_mul_(x, (1.0 - decay).to(dev))
-        if isinstance(step, Tensor):
+        if isinstance(step, Tensor) and not host_readable(step):
             torch._foreach_div_(denom, (-step).to(dev))
             torch._foreach_addcdiv_(x, m, denom)
-        else:
-            torch._foreach_addcdiv_(x, m, denom, value=-step)
+        else:  # as the loop: -α as addcdiv_'s value
+            torch._foreach_addcdiv_(x, m, denom, value=-float(step))
 
 
 # -- the optimizer plumbing -----------------------------------------------------------------------

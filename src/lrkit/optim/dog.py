@@ -33,6 +33,7 @@ from lrkit.errors import StateError
 from lrkit.optim._base import LRKitOptimizer, params_with_grad
 from lrkit.optim._dist import all_reduce_sum_, check_sharding
 from lrkit.optim._foreach import group_by_device_and_dtype, resolve_foreach
+from lrkit.optim._loop import Scratch, host_readable
 
 __all__ = ["DoG", "LDoG"]
 
@@ -55,7 +56,11 @@ def dog_statistics_single(
     tensors that have a gradient (``trained``, ``grads``) the direction ``d = g + λx`` and its
     norm ``‖d‖``. ``d`` is ``g`` itself when ``λ = 0`` (never written to).
     """
-    dists = [torch.linalg.vector_norm(p - x0) for p, x0 in zip(params, x0s, strict=True)]
+    scratch = Scratch(params)  # x − x0 of one tensor at a time, in one reused buffer
+    dists = [
+        torch.linalg.vector_norm(torch.sub(p, x0, out=scratch.like(p)))
+        for p, x0 in zip(params, x0s, strict=True)
+    ]
     dirs = [
         g.add(p, alpha=weight_decay) if weight_decay else g
         for p, g in zip(trained, grads, strict=True)
@@ -93,7 +98,18 @@ def dog_statistics_foreach(
 def dog_update_single(
     params: Sequence[Tensor], dirs: Sequence[Tensor], etas: Sequence[Tensor], ok: Tensor
 ) -> None:
-    """``x ← x − η d`` for each tensor, or nothing where ``ok`` (a 0-dim bool) is false."""
+    """``x ← x − η d`` for each tensor, or nothing where ``ok`` (a 0-dim bool) is false.
+
+    Where ``ok`` can be read without a device synchronization (a CPU tensor, outside
+    ``torch.compile``), a false ``ok`` skips the loop and each tensor takes one
+    ``addcmul_``; elsewhere the step ``η d`` is zeroed where ``ok`` is false (a non-finite
+    ``d`` must not reach ``x`` as ``0 · inf``).
+    """
+    if host_readable(ok):
+        if bool(ok):
+            for p, d, eta in zip(params, dirs, etas, strict=True):
+                p.addcmul_(d, eta, value=-1.0)
+        return
     skip = ~ok
     for p, d, eta in zip(params, dirs, etas, strict=True):
         u = d * eta
@@ -105,6 +121,11 @@ def dog_update_foreach(
     params: Sequence[Tensor], dirs: Sequence[Tensor], etas: Sequence[Tensor], ok: Tensor
 ) -> None:
     """:func:`dog_update_single` with ``torch._foreach_*`` calls per device and dtype."""
+    if host_readable(ok):
+        if bool(ok):
+            for ps, ds, es in group_by_device_and_dtype([params, dirs, etas]):
+                torch._foreach_addcmul_(ps, ds, es, value=-1.0)
+        return
     skip = ~ok
     for ps, ds, es in group_by_device_and_dtype([params, dirs, etas]):
         us = torch._foreach_mul(ds, es)
