@@ -51,8 +51,12 @@ The registry (:data:`KINDS`), with the defaults of each optimizer's own construc
   (Defazio & Mishchenko 2023), ``dog``, ``ldog`` (Ivgi et al. 2023; ``weighted=True`` is DoWG,
   Khaled et al. 2023), evaluated at their polynomial-decay average (``average`` :math:`= \gamma`,
   8 as in the DoG paper; ``None`` evaluates the last iterate);
-* auto mode: ``auto`` (:func:`lrkit.auto`; ``lr`` is the factor on its step size; it lays
-  out its own decay, so it takes no ``schedule``);
+* auto mode: ``auto`` (:func:`lrkit.auto`; it lays out its own schedule, so it takes no
+  ``schedule``). By default (``method='range_test'``) it runs a short range test on the run's
+  model and batches, counted in the run's budget, then AdamW with warmup and cosine decay at the
+  suggested rate times ``lr``; ``method='prodigy'`` is Prodigy with a cosine decay of its
+  factor, ``lr`` the factor on its step size. ``weight_decay`` and ``warmup`` default to the
+  method's own (0.01 and 0.05 for the range test, 0 and 0 for Prodigy);
 * loss-based, stepped with a closure: ``polyak`` (SPS_max, Loizou et al. 2021; ``lr`` is the cap
   :math:`\gamma_b`), ``armijo`` (Vaswani et al. 2019; ``lr`` is :math:`\eta_{\max}`).
 
@@ -68,7 +72,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -77,6 +81,18 @@ from torch import nn
 
 from lrkit._spec import Call, parse_call, suggest
 from lrkit._validate import check_bool, check_choice, check_float, check_int, check_probability
+from lrkit.auto_mode import (
+    ADAMW_WEIGHT_DECAY,
+    METHODS,
+    WARMUP,
+    WARMUP_FRACTION,
+    WEIGHT_DECAY,
+    auto,
+    auto_adamw,
+    auto_optimizer,
+    auto_schedule,
+    probe_steps_for,
+)
 from lrkit.errors import SpecError
 from lrkit.scheduler import Scheduler
 from lrkit.schedules import Schedule, constant, cosine, linear, multistep, onecycle, warmup
@@ -105,6 +121,10 @@ SCHEDULES: Final = ("constant", "cosine", "warmup_cosine", "linear", "step", "on
 Checker = Callable[[str, Any], Any]
 Params = Iterable[nn.Parameter]
 Maker = Callable[[Params, float, Mapping[str, Any], int], torch.optim.Optimizer]
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+Builder = Callable[
+    [nn.Module, float, Mapping[str, Any], int, LossFn | None, Iterator[Any] | None], "Setup"
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,6 +236,13 @@ class Kind:
         make: ``make(params, lr, options, steps)`` builds the optimizer.
         own_schedule: For a family that lays out its own schedule (``auto``),
             ``own_schedule(options, steps)`` gives its factor schedule; else ``None``.
+        variants: Defaults that depend on the option ``method``: ``variants[method]`` overrides
+            the options' own defaults (``auto``); else ``None``.
+        builder: For a family that builds its run itself, possibly probing the data first
+            (``auto``): ``builder(model, lr, options, steps, loss, batches)`` returns the
+            :class:`Setup`; else ``None`` (the optimizer from :attr:`make`).
+        probes: ``probes(options)``: whether the run probes the data before training (it then
+            needs ``loss`` and ``batches`` in :meth:`Strategy.build`); ``None``: never.
     """
 
     name: str
@@ -227,6 +254,9 @@ class Kind:
     schedulable: bool
     make: Maker
     own_schedule: Callable[[Mapping[str, Any], int], Schedule] | None = None
+    variants: Mapping[str, Mapping[str, Any]] | None = None
+    builder: Builder | None = None
+    probes: Callable[[Mapping[str, Any]], bool] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,16 +293,65 @@ def _lrkit(module: str, cls_name: str, **fixed: Any) -> Maker:
 
 
 def _auto_make(params: Params, lr: float, options: Mapping[str, Any], steps: int) -> Any:
-    from lrkit.auto_mode import auto_optimizer
-
-    kwargs = {k: v for k, v in options.items() if k not in ("warmup", "final")}
-    return auto_optimizer(params, lr=lr, **kwargs)
+    """The optimizer of ``auto`` without its probe (used to check the options)."""
+    if options["method"] == "range_test":
+        return auto_adamw(params, lr, options["weight_decay"])
+    return auto_optimizer(
+        params, lr=lr, weight_decay=options["weight_decay"], growth_rate=options["growth_rate"]
+    )
 
 
 def _auto_schedule(options: Mapping[str, Any], steps: int) -> Schedule:
-    from lrkit.auto_mode import auto_schedule
+    """``auto``'s factor schedule over the run, or over what a probe using all it plans leaves.
 
+    (A probe that stops early leaves more updates; the run's own schedule is then longer.)
+    """
+    if options["method"] == "range_test":
+        probe = probe_steps_for(steps)
+        if steps - probe < probe:
+            raise ValueError(
+                f"auto probes {probe} updates and needs at least as many left to train: "
+                f"give steps >= {2 * probe}"
+            )
+        steps -= probe
     return auto_schedule(steps, warmup_fraction=options["warmup"], final=options["final"])
+
+
+def _auto_build(
+    model: nn.Module,
+    lr: float,
+    options: Mapping[str, Any],
+    steps: int,
+    loss: LossFn | None,
+    batches: Iterator[Any] | None,
+) -> Setup:
+    """Run :func:`lrkit.auto` (its probe included, with data) and wrap what it returns."""
+    method = options["method"]
+    if method == "range_test" and (loss is None or batches is None):
+        raise TypeError(
+            "auto(method='range_test') probes the data before training: build it with loss and "
+            "batches (lrkit bench does), or use auto(method='prodigy')"
+        )
+    defaults = _AUTO_VARIANTS[method]
+    # options left at the method's defaults go as None, so lrkit.auto picks the defaults of the
+    # method it ends up using (its Prodigy fallback has its own)
+    given = {
+        key: None if _same(options[key], defaults[key]) else options[key]
+        for key in ("weight_decay", "warmup")
+    }
+    probing = method == "range_test"
+    run = auto(
+        model,
+        steps,
+        loss=loss if probing else None,
+        batches=batches if probing else None,
+        lr=lr,
+        warmup_fraction=given["warmup"],
+        final=options["final"],
+        weight_decay=given["weight_decay"],
+        growth_rate=options["growth_rate"],
+    )
+    return Setup(run.optimizer, run.scheduler, run.schedule, "plain", None, run.probe_steps)
 
 
 def _options(**specs: tuple[Any, Checker]) -> Mapping[str, Option]:
@@ -280,6 +359,18 @@ def _options(**specs: tuple[Any, Checker]) -> Mapping[str, Option]:
 
 
 _NONNEG = _real(0.0)
+_AUTO_VARIANTS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {
+        "range_test": {"weight_decay": ADAMW_WEIGHT_DECAY, "warmup": WARMUP_FRACTION},
+        "prodigy": {"weight_decay": WEIGHT_DECAY, "warmup": WARMUP},
+    }
+)
+
+
+def _auto_method(name: str, value: Any) -> str:
+    return check_choice(name, value, METHODS)
+
+
 _POS = _real(0.0, min_open=True)
 _BETAS = ((0.9, 0.999), _betas)
 
@@ -476,17 +567,22 @@ _KIND_LIST: tuple[Kind, ...] = (
     dataclasses.replace(
         _kind(
             "auto",
-            "lrkit.auto: Prodigy with a cosine decay of its factor (no rate to tune)",
+            "lrkit.auto: a range test in the budget, then AdamW with warmup+cosine "
+            "(method='prodigy': Prodigy with a cosine decay)",
             _auto_make,
             1.0,
             factor=True,
             schedulable=False,
-            weight_decay=(0.0, _NONNEG),
-            warmup=(0.0, _fraction),
+            method=("range_test", _auto_method),
+            weight_decay=(_AUTO_VARIANTS["range_test"]["weight_decay"], _NONNEG),
+            warmup=(_AUTO_VARIANTS["range_test"]["warmup"], _fraction),
             final=(0.0, _real(0.0, 1.0)),
             growth_rate=(math.inf, _growth),
         ),
         own_schedule=_auto_schedule,
+        variants=_AUTO_VARIANTS,
+        builder=_auto_build,
+        probes=lambda options: options["method"] == "range_test",
     ),
 )
 
@@ -509,6 +605,8 @@ class Setup:
         step_kind: ``"plain"`` or ``"closure"``.
         averager: For ``dog``/``ldog`` with ``average``, the iterate average to step after each
             update and to evaluate; else ``None``.
+        probe_steps: The updates a probe spent before training (``auto``'s range test): they
+            count in the run's budget, which has that many fewer updates left to train.
     """
 
     optimizer: torch.optim.Optimizer
@@ -516,6 +614,7 @@ class Setup:
     schedule: Schedule | None
     step_kind: StepKind
     averager: PolynomialDecayAverager | None
+    probe_steps: int = 0
 
 
 class Strategy:
@@ -581,6 +680,12 @@ class Strategy:
         """``"closure"`` for the loss-based optimizers (Polyak, Armijo), else ``"plain"``."""
         return self._kind.step_kind
 
+    @property
+    def probes(self) -> bool:
+        """Whether a run probes the data before training (:meth:`build` then needs it)."""
+        probes = self._kind.probes
+        return probes is not None and probes(self.options)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Strategy):
             return NotImplemented
@@ -590,7 +695,7 @@ class Strategy:
         return hash((self._kind.name, self._items))
 
     def __repr__(self) -> str:
-        defaults = _defaults(self._kind, self.options.get("schedule"))
+        defaults = _defaults(self._kind, self.options)
         parts = [
             f"{key}={_spec_value(value)}"
             for key, value in self._items
@@ -616,17 +721,33 @@ class Strategy:
             return None if own is None else own(self.options, steps)
         return _schedule(self.options, steps)
 
-    def build(self, model: nn.Module, *, lr: float | None = None, steps: int) -> Setup:
+    def build(
+        self,
+        model: nn.Module,
+        *,
+        lr: float | None = None,
+        steps: int,
+        loss: LossFn | None = None,
+        batches: Iterator[Any] | None = None,
+    ) -> Setup:
         """The optimizer, scheduler and averager of one run.
+
+        A strategy that :attr:`probes` runs its probe here, on ``model`` with ``loss`` and
+        batches drawn from ``batches`` (the run then continues with the next ones), and reports
+        the updates it spent in :attr:`Setup.probe_steps`.
 
         Args:
             model: The model whose parameters are optimized (one param group).
             lr: The peak rate, or the factor when :attr:`lr_is_factor`; ``None`` uses
                 :attr:`default_lr`.
-            steps: The number of updates of the run (schedules are laid out on it).
+            steps: The number of updates of the run, a probe's included (schedules are laid out
+                on it, or on what the probe leaves).
+            loss: ``loss(model, batch)``, for a strategy that probes.
+            batches: The run's training batches, for a strategy that probes.
 
         Raises:
-            TypeError: ``model`` is not a ``torch.nn.Module``, ``lr`` or ``steps`` not a number.
+            TypeError: ``model`` is not a ``torch.nn.Module``, ``lr`` or ``steps`` not a number,
+                or a strategy that probes got no data.
             ValueError: ``lr`` is not positive and finite, ``steps < 1``, or the schedule cannot
                 be laid out on ``steps`` (see :meth:`schedule`).
         """
@@ -634,6 +755,9 @@ class Strategy:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         rate = self.default_lr if lr is None else check_float("lr", lr, min=0.0, min_open=True)
         steps = check_int("steps", steps, min=1)
+        if self._kind.builder is not None:
+            self.schedule(steps)  # refuse a budget too small before any probing
+            return self._kind.builder(model, rate, self.options, steps, loss, batches)
         schedule = self.schedule(steps)
         options = _optimizer_options(self)
         optimizer = self._kind.make(model.parameters(), rate, options, steps)
@@ -667,8 +791,13 @@ def _resolve(kind: Kind, given: Mapping[str, Any]) -> dict[str, Any]:
                 raise TypeError(f"{kind.name} takes no schedule ({why}); its own keywords: {own}")
             raise TypeError(f"unknown argument {key!r}{suggest(key, allowed)}")
     out: dict[str, Any] = {}
+    defaults = {key: option.default for key, option in kind.options.items()}
+    if kind.variants is not None:
+        method = kind.options["method"]
+        name = method.check("method", given["method"]) if "method" in given else method.default
+        defaults.update(kind.variants[name])
     for key, option in kind.options.items():
-        out[key] = option.check(key, given[key]) if key in given else option.default
+        out[key] = option.check(key, given[key]) if key in given else defaults[key]
     if not kind.schedulable:
         return out
     checked = {k: _SCHEDULE_CHECKS[k](k, v) for k, v in given.items() if k in _SCHEDULE_CHECKS}
@@ -689,8 +818,11 @@ def _resolve(kind: Kind, given: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _defaults(kind: Kind, schedule: str | None) -> dict[str, Any]:
+def _defaults(kind: Kind, options: Mapping[str, Any]) -> dict[str, Any]:
     out = {key: option.default for key, option in kind.options.items()}
+    if kind.variants is not None:
+        out.update(kind.variants[options["method"]])
+    schedule = options.get("schedule")
     if kind.schedulable and schedule is not None:
         out["schedule"] = "constant"
         out.update({key: None for key in _SCHEDULE_OPTIONS[1:]})

@@ -18,8 +18,15 @@ Smith 2017), the run stops before update :math:`k` is applied when :math:`\ell_k
 and after it when :math:`\bar\ell_k > c\,\ell_0` for :math:`\ell_0 > 0`, where :math:`c` is the
 workload's ``explode_factor`` (10 by default).
 
-Evaluation, every :meth:`~lrkit.bench.workloads.Workload.eval_interval` updates and after the
-last one, runs ``workload.evaluate`` in eval mode under ``torch.no_grad()`` on
+Probing: a strategy that probes before training (``auto()``, whose range test runs on the run's
+model and takes its batches from the run's stream) spends :math:`M` of the budget's :math:`T`
+updates on it; the run then trains updates :math:`M, \dots, T-1` on the following batches, and
+the probe's time counts in the wall time. The divergence test starts with the first training
+update.
+
+Evaluation, every :meth:`~lrkit.bench.workloads.Workload.eval_interval` updates (the probe's
+included) and after the last one, runs ``workload.evaluate`` in eval mode under
+``torch.no_grad()`` on
 
 * the parameters as they are, for most optimizers;
 * the Schedule-Free average :math:`x` (``optimizer.eval()``; BatchNorm statistics, if the model
@@ -101,7 +108,10 @@ def train(config: RunConfig, *, on_eval: EvalCallback | None = None, threads: in
         ``train_loss`` there is the mean training loss of the updates since the previous one.
         ``final`` is the last entry's metrics and ``train_loss`` (empty unless ``"ok"``).
         ``wall_time`` counts the training loop and its evaluations, not the one-time
-        preparation of the data and the model. ``error`` says why a run diverged or failed.
+        preparation of the data and the model. A strategy that probes (``auto()``'s range
+        test) probes on the run's model and batch stream inside the budget: its time is in
+        ``wall_time``, its updates in ``steps_done`` and in the curve's step numbers, and the
+        run trains the updates left. ``error`` says why a run diverged or failed.
 
     Raises:
         TypeError: ``config`` is not a ``RunConfig``, ``on_eval`` not callable, ``threads`` not
@@ -151,13 +161,21 @@ def _run(config: RunConfig, on_eval: EvalCallback | None, progress: _Progress) -
     if not isinstance(model, nn.Module):
         raise TypeError(f"model(seed) must return a torch.nn.Module, got {type(model).__name__}")
     stream = workload.batches(config.seed, workload.batch_size)
-    setup = strategy.build(model, lr=config.lr, steps=steps)
+    if strategy.probes:
+        # the probe is part of the run: its time and updates count, its batches come from the
+        # run's stream (training continues with the next ones)
+        progress.started = time.perf_counter()
+        setup = strategy.build(model, lr=config.lr, steps=steps, loss=workload.loss, batches=stream)
+    else:
+        setup = strategy.build(model, lr=config.lr, steps=steps)
     model.train()
     loop = _Loop(workload, model, setup, stream, config.seed)
-    progress.started = time.perf_counter()
+    if progress.started is None:
+        progress.started = time.perf_counter()
+    progress.steps_done = setup.probe_steps
     window: list[float] = []
     entry: dict[str, float] = {}
-    for step in range(steps):
+    for step in range(setup.probe_steps, steps):
         value = loop.update(step)
         progress.steps_done = step + 1
         loop.check_explosion(value, step)
@@ -192,6 +210,7 @@ class _Loop:
         self.seed = seed
         self.first: float | None = None
         self.average = 0.0
+        self.count = 0
         self.last_lr = float(setup.optimizer.param_groups[0]["lr"])
 
     # -- one update ---------------------------------------------------------------------------
@@ -248,7 +267,8 @@ class _Loop:
         if self.first is None:
             self.first = value
         self.average = SMOOTHING * self.average + (1.0 - SMOOTHING) * value
-        smoothed = self.average / (1.0 - SMOOTHING ** (step + 1))
+        self.count += 1
+        smoothed = self.average / (1.0 - SMOOTHING**self.count)
         factor = self.workload.explode_factor
         if self.first > 0.0 and smoothed > factor * self.first:
             raise _DivergedError(
