@@ -773,3 +773,11 @@ def test_doc_example_runs_without_warnings(code, tmp_path, capsys):
     if "range_test" in code:
         assert out.startswith("range_test peak lr ")  # no fallback
         assert " 40 360\n" in out
+
+
+def test_readme_quickstart_runs(tmp_path):
+    from docexamples import page_blocks, run_example
+
+    blocks = [b for b in page_blocks("README.md") if "lrkit.auto(" in b]
+    assert len(blocks) == 1
+    run_example(blocks[0], tmp_path)

@@ -175,6 +175,7 @@ _QUICK_STRATEGIES: Final = (
     "schedule_free_adamw(warmup=0.05)",
     "prodigy()",
     "dog()",
+    "auto()",
 )
 
 SUITES: Final[dict[str, Suite]] = {

@@ -18,7 +18,8 @@ of the parameters' size (a read or a write of one tensor), a step takes:
   sums, but two loops: the numerator :math:`\langle \hat g, s / (\sqrt v + \epsilon) \rangle`
   reads g s v (and x with coupled decay) before the second loop overwrites them (inductor does
   not fuse a sum with a later overwrite of what it reads, and in torch 2.13 its outer-loop
-  fusion of per-row sums with the rows' writes fails to compile, pytorch/pytorch#188228): 12,
+  fusion of per-row sums with the rows' writes fails to compile, a ``KeyError`` inside
+  inductor's C++ code generation): 12,
   or 14 with decoupled weight decay, whose factor depends on whether the step made progress
   (two kernels).
 
