@@ -130,10 +130,10 @@ def stack_scalars(values: list[Tensor], like: Tensor) -> Tensor:
     """The 0-dim ``values`` as one 1-D tensor in ``like``'s dtype and device (empty if none)."""
     if not values:
         return like.new_zeros(0)
-    first = values[0]
-    if all(v.dtype == first.dtype and v.device == first.device for v in values):
-        return torch.stack(values).to(device=like.device, dtype=like.dtype)  # one cast
-    return torch.stack([v.to(device=like.device, dtype=like.dtype) for v in values])
+    try:  # one stack and one cast (stack promotes mixed dtypes exactly: floats widen)
+        return torch.stack(values).to(device=like.device, dtype=like.dtype)
+    except RuntimeError:  # values on several devices
+        return torch.stack([v.to(device=like.device, dtype=like.dtype) for v in values])
 
 
 def _operand(scalar: Tensor, like: Tensor) -> Tensor:
@@ -212,10 +212,11 @@ def adam_stats_single(
     norms: list[Tensor] = []
     scratch = Scratch(params)  # u, then a ĝ, then |s|, of one tensor at a time
     cast: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+    # Where a and c are readable on the host for free, they become the ops' scalars (alpha,
+    # value) and a ĝ is never written out; elsewhere they stay 0-dim tensors.
+    host = host_readable(m_scale) and host_readable(s_scale)
+    a_host, c_host = (float(m_scale), float(s_scale)) if host else (0.0, 0.0)
     for i, (x, g, v, s) in enumerate(zip(params, grads, exp_avg_sqs, sums, strict=True)):
-        if x.dtype not in cast:
-            cast[x.dtype] = (_operand(m_scale, x), _operand(s_scale, x))
-        a, c = cast[x.dtype]
         g_hat = g if weight_decay == 0.0 else g.add(x, alpha=weight_decay)  # ĝ = g + λ_c x
         buf = scratch.like(x)
         if direction == "distance":
@@ -225,13 +226,23 @@ def adam_stats_single(
             u = torch.div(s, torch.sqrt(v, out=buf).add_(eps), out=buf)  # s / (sqrt(v) + ε)
         numerators.append(torch.dot(g_hat.flatten(), u.flatten()))
         del u
-        g_a = torch.mul(g_hat, a, out=buf)  # a ĝ
-        if exp_avgs is not None:
-            exp_avgs[i].lerp_(g_a, 1.0 - beta1)  # m ← β1 m + (1 - β1) a ĝ
-        g_b = g_a if scaled_v else g_hat
-        v.mul_(beta2).addcmul_(g_b, g_b, value=1.0 - beta2)  # v ← β2 v + (1 - β2) (b ĝ)²
-        del g_a, g_b
-        s.mul_(beta_s).addcmul_(g_hat, c)  # s ← β_s s + c ĝ
+        if host:
+            if exp_avgs is not None:  # m ← β1 m + (1 - β1) a ĝ
+                exp_avgs[i].mul_(beta1).add_(g_hat, alpha=(1.0 - beta1) * a_host)
+            b_sq = a_host * a_host if scaled_v else 1.0  # v ← β2 v + (1 - β2) b² ĝ²
+            v.mul_(beta2).addcmul_(g_hat, g_hat, value=(1.0 - beta2) * b_sq)
+            s.mul_(beta_s).add_(g_hat, alpha=c_host)  # s ← β_s s + c ĝ
+        else:
+            if x.dtype not in cast:
+                cast[x.dtype] = (_operand(m_scale, x), _operand(s_scale, x))
+            a, c = cast[x.dtype]
+            g_a = torch.mul(g_hat, a, out=buf)  # a ĝ
+            if exp_avgs is not None:
+                exp_avgs[i].lerp_(g_a, 1.0 - beta1)  # m ← β1 m + (1 - β1) a ĝ
+            g_b = g_a if scaled_v else g_hat
+            v.mul_(beta2).addcmul_(g_b, g_b, value=1.0 - beta2)  # v ← β2 v + (1 - β2) (b ĝ)²
+            del g_a, g_b
+            s.mul_(beta_s).addcmul_(g_hat, c)  # s ← β_s s + c ĝ
         norms.append(_l1_norm(s, buf))  # ℓ = ||s||_1
     return stack_scalars(numerators, out), stack_scalars(norms, out)
 

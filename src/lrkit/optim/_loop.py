@@ -34,15 +34,18 @@ class Scratch:
             each device and dtype, and allocated at the first :meth:`like` call for that pair.
     """
 
-    __slots__ = ("_buffers", "_sizes")
+    __slots__ = ("_buffers", "_sizes", "_views")
 
     def __init__(self, tensors: Iterable[torch.Tensor]) -> None:
         sizes: dict[tuple[torch.device, torch.dtype], int] = {}
         for t in tensors:
             key = (t.device, t.dtype)
-            sizes[key] = max(sizes.get(key, 0), t.numel())
+            n = t.numel()
+            if n > sizes.get(key, 0):
+                sizes[key] = n
         self._sizes = sizes
         self._buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._views: dict[tuple[torch.device, torch.dtype, torch.Size], torch.Tensor] = {}
 
     def like(self, t: torch.Tensor) -> torch.Tensor:
         """An uninitialized tensor of ``t``'s shape, dtype and device.
@@ -51,14 +54,20 @@ class Scratch:
         than the ones given at construction, ``torch.empty_like(t)`` (which keeps ``t``'s
         layout, so results match the out-of-place op's exactly).
         """
+        view_key = (t.device, t.dtype, t.shape)
+        view = self._views.get(view_key)
+        if view is not None and t.is_contiguous():
+            return view
         key = (t.device, t.dtype)
+        n = t.numel()
         size = self._sizes.get(key, 0)
-        if not t.is_contiguous() or t.numel() > size:
+        if not t.is_contiguous() or n > size:
             return torch.empty_like(t)
         buf = self._buffers.get(key)
         if buf is None:
             buf = self._buffers[key] = torch.empty(size, dtype=t.dtype, device=t.device)
-        return buf[: t.numel()].view(t.shape)
+        view = self._views[view_key] = buf[:n].view(t.shape)
+        return view
 
 
 def host_readable(t: torch.Tensor) -> bool:
