@@ -68,24 +68,39 @@ def test_minimum_is_a_tenth_of_the_rate_at_the_lowest_smoothed_loss():
     assert s.interval is None
 
 
-def test_default_is_the_geometric_middle_capped_half_a_decade_below_the_minimum():
+def test_default_is_a_third_of_the_way_capped_half_a_decade_below_the_minimum():
     r = curve(shaped())
     s = default(r, skip_start=0, skip_end=0)
     k_min = int(np.argmin(r.smoothed))
     lr_min = float(r.lrs[k_min])
-    expected = min(math.sqrt(1e-3 * lr_min), lr_min / math.sqrt(10))
+    lr_steep = steepest(r, skip_start=0, skip_end=0).lr
+    expected = min(lr_steep ** (2 / 3) * lr_min ** (1 / 3), lr_min / math.sqrt(10))
     assert s.lr == pytest.approx(expected, rel=1e-9)
-    assert s.interval == (pytest.approx(lr_min / 10), pytest.approx(lr_min))
+    assert lr_min / 30 < s.lr <= lr_min / math.sqrt(10)
+    assert s.interval == (pytest.approx(lr_min / 30), pytest.approx(lr_min))
     assert s.index == int(np.argmin(np.abs(np.log(r.lrs) - math.log(s.lr))))
 
 
-def test_default_never_goes_below_a_decade_under_the_minimum():
+def test_default_never_goes_below_a_thirtieth_of_the_minimum():
     # steep point at the very start, minimum three decades later
     losses = np.concatenate([[10.0, 2.0], np.linspace(2.0, 1.0, 60), [1.5, 3.0]])
     r = curve(losses, lo=1e-5, hi=1e-1)
     s = default(r, skip_start=0, skip_end=0)
     lr_min = float(r.lrs[int(np.argmin(r.smoothed))])
-    assert s.lr == pytest.approx(lr_min / 10, rel=1e-12)
+    assert s.lr == pytest.approx(lr_min / 30, rel=1e-12)
+
+
+def test_default_between_the_cap_and_the_floor_weighs_the_steep_point_two_thirds():
+    # steep point two decades below the minimum: a third of the way is 10**(-4/3) of it
+    lrs = np.geomspace(1e-5, 1.0, 101)
+    x = np.log10(lrs)
+    losses = 2.0 - 1.0 / (1.0 + np.exp(-4.0 * (x + 3.0))) + np.where(x > -1, 10 * (x + 1) ** 2, 0.0)
+    r = RangeTest.from_losses(lrs, losses, smoothing=0.0, diverge=None)
+    lr_steep = steepest(r, skip_start=0, skip_end=0).lr
+    lr_min = float(r.lrs[int(np.argmin(r.smoothed))])
+    s = default(r, skip_start=0, skip_end=0)
+    assert lr_min / 30 < s.lr < lr_min / math.sqrt(10)
+    assert s.lr == pytest.approx(lr_steep ** (2 / 3) * lr_min ** (1 / 3), rel=1e-12)
 
 
 def test_default_without_a_descent_is_half_a_decade_below_the_minimum():

@@ -24,24 +24,31 @@ With :math:`\eta_k` the rates, :math:`\bar\ell_k` the smoothed loss of the kept 
 
 The default. On the range test, the loss falls once the rate is large enough to make progress,
 reaches its minimum where single steps start to destabilize training, and then explodes. The
-best rate of a full run lies between the two: above the steepest-descent point, because a run
-with warmup and a decaying schedule tolerates a higher peak than the constant rate of a short
-test, and below the minimum, because that rate is already at the edge of divergence. Each end
-alone is a biased estimate: the steepest point is noisy (the slope of a noisy curve) and often
-3-5x too low (AdamW with warmup and cosine decay on the MNIST-1D CNN: the steepest-slope rule
-gives 3-5x less than the grid-searched optimum 3e-2), while the minimum, which the smoothing
-lags toward the explosion, is 2-3x too high (0.05-0.09 there) yet far closer than fastai's
-minimum/10. The default is therefore
+best peak rate of a full run (warmup, then a decay) lies between the two: above the
+steepest-descent point, because a run with warmup and a decaying schedule tolerates a higher
+peak than the constant rate of a short test, and below the minimum, because that rate is
+already at the edge of divergence. Each end alone is a biased estimate: the steepest point is
+noisy (the slope of a noisy curve) and often several times too low, while the minimum, which
+the smoothing lags toward the explosion, is several times too high. The default is therefore
 
 .. math::
 
-    \eta^\star = \min\Big(\sqrt{\eta_{\text{steep}}\;\eta_{\min}},\ \eta_{\min}/\sqrt{10}\Big)
-    \quad\text{clipped from below at}\ \eta_{\min}/10,
+    \eta^\star = \min\Big(\eta_{\text{steep}}^{2/3}\,\eta_{\min}^{1/3},\
+        \eta_{\min}/\sqrt{10}\Big)
+    \quad\text{clipped from below at}\ \eta_{\min}/30,
 
-the geometric middle of the steep point and the minimum, never closer to the minimum than half a
-decade (:math:`10^{-1/2} \approx 0.32`, the 2-3x margin above) and never further than fastai's
-full decade. Because :math:`\eta_{\min}` anchors both sides, a noisy steep point moves the
-suggestion by at most half a decade. Its interval is :math:`[\eta_{\min}/10, \eta_{\min}]`.
+one third of the way from the steep point to the minimum in :math:`\log\eta`, never closer to
+the minimum than half a decade (:math:`10^{-1/2} \approx 0.32`) and never further below it than
+:math:`\eta_{\min}/30` (1.5 decades). Without a decreasing part before the minimum it is
+:math:`\eta_{\min}/\sqrt{10}`. Its interval is :math:`[\eta_{\min}/30, \eta_{\min}]`.
+
+Why a third and not half of the way: measured on lrkit's five built-in workloads at their full
+budgets, with AdamW and warmup + cosine (``docs/benchmarks.md``, section "Range-test quality"),
+the grid-searched best peak rate sits about a third of the way: the geometric middle landed
+2.5-3x above it on the character-level transformer (whose loss descends over 2.5 decades of
+the sweep) and cost 3-7% bits per character, while a third of the way stays inside the
+within-1-point window of the MNIST-1D CNN and MLP. The cap and the floor bound what a noisy
+steep point can do.
 
 References:
     Leslie N. Smith. "Cyclical Learning Rates for Training Neural Networks." WACV 2017.
@@ -74,6 +81,12 @@ __all__ = [
 
 MIN_POINTS = 3
 """A curve needs at least this many points (after the skips) for a suggestion."""
+
+DEFAULT_WEIGHT = 1.0 / 3.0
+"""How far the default goes from the steep point toward the minimum, in :math:`\\log\\eta`."""
+
+DEFAULT_FLOOR = 30.0
+"""The default never goes below :math:`\\eta_{\\min}` divided by this."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,13 +236,14 @@ def default(result: RangeTest, *, skip_start: int | None = None, skip_end: int =
     k_min = lo + int(np.argmin(result.smoothed[lo:hi]))
     lr_min = float(result.lrs[k_min])
     upper = lr_min / math.sqrt(10.0)
+    lower = lr_min / DEFAULT_FLOOR
     try:
         lr_steep = steepest(result, skip_start=lo, skip_end=skip_end).lr
-        lr = min(math.sqrt(lr_steep * lr_min), upper)
+        lr = min(lr_steep ** (1.0 - DEFAULT_WEIGHT) * lr_min**DEFAULT_WEIGHT, upper)
     except ValueError:
         lr = upper
-    lr = max(lr, lr_min / 10.0)
-    return Suggestion("default", lr, _nearest(result.lrs, lr), (lr_min / 10.0, lr_min))
+    lr = max(lr, lower)
+    return Suggestion("default", lr, _nearest(result.lrs, lr), (lower, lr_min))
 
 
 Rule = Callable[..., Suggestion]
