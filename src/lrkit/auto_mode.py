@@ -14,9 +14,9 @@ growing geometrically from :math:`10^{-7}` to :math:`10` over :math:`N` updates,
 and stops early when the smoothed loss diverges; it uses :math:`M \le N` updates and puts the
 model, the optimizer and the random generators back exactly. Its updates are part of the budget:
 with :math:`T` the budget (``steps``), :math:`R = T - M` updates remain for training. A rule
-(:data:`RULE`, by default :func:`lrkit.finder.suggest.default`: the geometric middle of the
-steepest descent and the loss minimum, see ``docs/finder.md``) reads the suggested rate
-:math:`\eta^\star` off the curve, and the peak rate is
+(:data:`RULE`, by default :func:`lrkit.finder.suggest.default`: one third of the way from the
+steepest descent to the loss minimum in :math:`\log\eta`, see ``docs/finder.md``) reads the
+suggested rate :math:`\eta^\star` off the curve, and the peak rate is
 
 .. math::
 
