@@ -191,8 +191,19 @@ SUITES: Final[dict[str, Suite]] = {
     "full": Suite(
         name="full",
         workloads=_BUILTIN_WORKLOADS,
+        strategies=(*_QUICK_STRATEGIES, "dadapt_adam()"),
+        lrs=DEFAULT_LRS,
+        factors=(1.0,),
+        seeds=(0, 1, 2),
+        steps=None,
+        max_extend=4,
+    ),
+    "all": Suite(
+        name="all",
+        workloads=_BUILTIN_WORKLOADS,
         strategies=(
             *_QUICK_STRATEGIES,
+            "dadapt_adam()",
             "adamw()",
             "adamw(schedule='step')",
             "adamw(schedule='onecycle')",
@@ -202,7 +213,6 @@ SUITES: Final[dict[str, Suite]] = {
             "rmsprop()",
             "adadelta()",
             "schedule_free_sgd(warmup=0.05)",
-            "dadapt_adam()",
             "dadapt_sgd()",
             "ldog()",
             "polyak()",
@@ -215,7 +225,15 @@ SUITES: Final[dict[str, Suite]] = {
         max_extend=4,
     ),
 }
-"""The built-in suites: ``quick`` (minutes on a laptop) and ``full`` (the complete comparison)."""
+"""The built-in suites, each a superset of the one before.
+
+``quick``: every built-in workload at its quick budget, the headline strategies, one seed and
+one point per decade (minutes on 2 cores). ``full``: the same strategies and D-Adapt Adam at
+the full budgets, three seeds, two points per decade (about 2 CPU-hours; the published
+comparison). ``all``: every registered kind of strategy (constant, step and one-cycle
+schedules, Adagrad, RMSprop, Adadelta, Schedule-Free SGD, D-Adapt SGD, L-DoG, Polyak, Armijo)
+and the learning-rate-free ones at factors 0.3, 1 and 3 (tens of CPU-hours: for a cluster,
+``--backend ray``)."""
 
 
 # -- planning -------------------------------------------------------------------------------------

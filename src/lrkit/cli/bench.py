@@ -43,7 +43,10 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--suite", choices=("quick", "full"), default="quick", help="what to run (default: quick)"
+        "--suite",
+        choices=("quick", "full", "all"),
+        default="quick",
+        help="what to run (default: quick)",
     )
     parser.add_argument(
         "--workload",
