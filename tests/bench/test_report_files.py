@@ -440,3 +440,22 @@ def test_importing_the_report_loads_no_matplotlib():
     code = "import sys, lrkit.bench.report; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_learning_rate_free_strategies_at_one_factor_are_dodged_apart(tmp_path):
+    from lrkit.bench.report import plots
+    from lrkit.bench.report.analysis import read_store
+
+    runs = [(("digits_mlp", SGD, 0.1, seed), _result([0.5, 0.9])) for seed in (0, 1)] + [
+        (("digits_mlp", spec, 1.0, seed), _result([0.5, acc]))
+        for spec, acc in (("prodigy()", 0.95), ("dog()", 0.96))
+        for seed in (0, 1)
+    ]
+    report = analyze(read_store(_store(tmp_path / "s.sqlite", runs))[0])
+    section = report.sections[0]
+    fig = plots.plot_sensitivity(section, strategy_colors(report.strategies))
+    factor_ax = fig.axes[1]
+    xs = sorted(line.get_xdata()[0] for line in factor_ax.get_lines() if line.get_marker() == "o")
+    assert xs == pytest.approx([plots._DODGE**-0.5, plots._DODGE**0.5])  # around 1, apart
+    assert [t.get_text() for t in factor_ax.get_xticklabels()] == ["1"]  # ticks stay true
+    assert len(factor_ax.collections) >= 2  # each single point shows its seeds' range

@@ -173,8 +173,10 @@ def plot_sensitivity(section: Section, colors: Mapping[str, str]) -> Figure:
         panels = [(ax, rates or factors, "rate" if rates else "factor")]
     log_y = _use_log(values)
     for ax, group, kind in panels:
-        for summary in group:
-            _draw_rates(ax, summary, colors[summary.strategy])
+        for i, summary in enumerate(group):
+            # learning-rate-free strategies mostly share the factors: dodge them apart a little
+            shift = _DODGE ** (i - (len(group) - 1) / 2) if kind == "factor" else 1.0
+            _draw_rates(ax, summary, colors[summary.strategy], shift=shift)
         ax.set_xscale("log")
         _rate_axis(ax, [p.lr for s in group for p in s.points], ticks_at_data=kind == "factor")
         if kind == "rate":
@@ -204,20 +206,26 @@ def plot_sensitivity(section: Section, colors: Mapping[str, str]) -> Figure:
     return fig
 
 
-def _draw_rates(ax: Axes, summary: StrategySummary, color: str) -> None:
+_DODGE = 10**0.07
+"""Horizontal offset factor between neighbouring strategies in the learning-rate-free panel."""
+
+
+def _draw_rates(ax: Axes, summary: StrategySummary, color: str, *, shift: float = 1.0) -> None:
     placed = [p for p in summary.points if p.ok]
-    xs = [p.lr for p in placed]
+    xs = [p.lr * shift for p in placed]
     if not xs:
         return
     means = [math.fsum(p.values) / len(p.values) for p in placed]
     lows = [min(p.values) for p in placed]
     highs = [max(p.values) for p in placed]
     ax.fill_between(xs, lows, highs, color=color, alpha=0.18, lw=0)
+    if len(xs) == 1:  # a band of one point is invisible: draw the seeds' range as a bar
+        ax.vlines(xs, lows, highs, color=color, alpha=0.6, linewidth=2.5)
     ax.plot(xs, means, _dash(summary), color=color, linewidth=1.6, marker="o", markersize=4)
     best = summary.best
     if best is not None and best.mean is not None:
         ax.plot(
-            [best.lr],
+            [best.lr * shift],
             [best.mean],
             marker="*",
             markersize=13,
