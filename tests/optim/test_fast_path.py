@@ -217,15 +217,87 @@ def test_new_scalar_values_and_many_sizes_compile_nothing_new(name: str):
     train(opt, params, 1)
     kernels = CONFIGS[name][2]
     after_first = [k.graphs for k in kernels]
-    assert after_first == [1] * len(kernels)
+    assert after_first == [2] * len(kernels)  # one call per group: 12 tensors, then 13
     for group in opt.param_groups:
         group["lr"] *= 0.3
         group["weight_decay"] = 0.05
     train(opt, params, 3)
-    if name == "dadapt-adam":  # coupled decay reads x: the one new variant of its kernel
-        assert [k.graphs for k in kernels] == [2]
+    if name == "dadapt-adam":  # coupled decay reads x: a new variant of its kernel per group
+        assert [k.graphs for k in kernels] == [4]
     else:
         assert [k.graphs for k in kernels] == after_first
+
+
+class CountCalls:
+    """Stands in for a kernel's compiled function and counts the calls and their tensors."""
+
+    def __init__(self, kernel: fast.CompiledKernel) -> None:
+        assert kernel._compiled is not None
+        self.compiled = kernel._compiled
+        self.sizes: list[int] = []
+
+    def __call__(self, rows: list[Any], *args: Any, **kwargs: Any) -> Any:
+        self.sizes.append(len(rows))
+        return self.compiled(rows, *args, **kwargs)
+
+
+@pytest.mark.usefixtures("eager_kernels")
+@pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam-decoupled"])
+def test_one_compiled_call_per_group_and_at_most_max_tensors_a_call(
+    name: str, monkeypatch: pytest.MonkeyPatch
+):
+    kernels = CONFIGS[name][2]
+    for kernel in kernels:
+        monkeypatch.setattr(kernel, "max_tensors", 4)
+    # one group of 10 tensors (calls of 4, 4 and 2), one of 3
+    shapes = [(n + 2, 3) for n in range(13)]
+    params = make_params(torch.float64, shapes)
+    cls, kwargs, _ = CONFIGS[name]
+    opt = cls([{"params": params[:10]}, {"params": params[10:]}], **kwargs, fused=True)
+    train(opt, params, 1)
+    assert [k.graphs for k in kernels] == [3] * len(kernels)  # lists of 4, 2 and 3 tensors
+    counters = [CountCalls(k) for k in kernels]
+    for kernel, counter in zip(kernels, counters, strict=True):
+        kernel._compiled = counter
+    train_from(opt, params, start=1, stop=4)
+    for counter in counters:
+        assert counter.sizes == [4, 4, 2, 3] * 3
+    assert [k.graphs for k in kernels] == [3] * len(kernels)  # nothing new after the first step
+    # a second optimizer, other sizes: its call of 4 tensors reuses a graph, its call of 1
+    # compiles once more, then no more
+    more = make_params(torch.float64, [(n + 2, 5) for n in range(5)])
+    train(cls(more, **kwargs, fused=True), more, 3)
+    assert [k.graphs for k in kernels] == [4] * len(kernels)
+    loop = make_params(torch.float64, shapes)
+    train(cls([{"params": loop[:10]}, {"params": loop[10:]}], **kwargs, foreach=False), loop, 4)
+    assert rel_err(params, loop) < 1e-12
+
+
+@pytest.mark.usefixtures("eager_kernels")
+def test_many_variants_of_a_kernel_stay_compiled():
+    # one variant per number of tensors: 9 optimizers, beyond the compiler's default limit (8)
+    for count in range(1, 10):
+        params = make_params(torch.float64, [(n + 2,) for n in range(count)])
+        train(ScheduleFreeAdamW(params, lr=0.01, fused=True), params, 1)
+    assert fast.SCHEDULE_FREE.failure is None
+    assert fast.SCHEDULE_FREE.graphs == 9
+
+
+@pytest.mark.usefixtures("eager_kernels")
+def test_views_into_one_buffer_never_share_a_compiled_call():
+    # the compiler would merge inputs of one storage into one input, copied whole
+    buffer = torch.randn(60, dtype=torch.float64)
+    params = [torch.nn.Parameter(buffer[i : i + 20]) for i in (0, 20, 40)]
+    params.append(torch.nn.Parameter(torch.randn(7, dtype=torch.float64)))
+    loop = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt = ScheduleFreeAdamW(params, lr=0.01, fused=True)
+    train(opt, params, 1)
+    counter = CountCalls(fast.SCHEDULE_FREE)
+    fast.SCHEDULE_FREE._compiled = counter
+    train_from(opt, params, start=1, stop=5)
+    assert counter.sizes == [1, 1, 2] * 4  # the last view with the separate tensor
+    train(ScheduleFreeAdamW(loop, lr=0.01, foreach=False), loop, 5)
+    assert rel_err(params, loop) < 1e-12
 
 
 def test_flatten_gives_one_dimensional_aliases_of_dense_layouts():
@@ -319,7 +391,7 @@ def test_small_tensors_take_the_optimizers_own_path(name: str, monkeypatch: pyte
         monkeypatch.setattr(kernel, "min_numel", 30)  # (7, 5) and (33, 7) compiled, not (5,)
     out = run_paths(name, torch.float64, 10, fused={"fused": True}, loop={"foreach": False})
     assert rel_err(out["fused"], out["loop"]) < 1e-12
-    assert all(k.graphs == 1 for k in CONFIGS[name][2])
+    assert all(k.graphs == 2 for k in CONFIGS[name][2])  # a call of 2 tensors, one of 1
     for kernel in fast.KERNELS:
         monkeypatch.setattr(kernel, "min_numel", fast.MIN_NUMEL)
         kernel.reset()
@@ -331,19 +403,20 @@ def test_small_tensors_take_the_optimizers_own_path(name: str, monkeypatch: pyte
 
 @pytest.mark.usefixtures("eager_kernels")
 def test_a_compile_failing_within_a_step_finishes_the_step_uncompiled():
-    # a compile after the probes (a new thread count, say) fails half-way through a step
+    # a compile after the first step (a new thread count, say) fails half-way through a step:
+    # at the second group's call
     fused_params, loop_params = make_params(torch.float64), make_params(torch.float64)
     opt = build("sf-adamw", fused_params, fused=True)
     train(opt, fused_params, 1)
     calls = []
 
-    def fails_on_the_second_tensor(*args: Any, **kwargs: Any) -> Any:
+    def fails_on_the_second_call(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("compiler crashed")
-        return fast.schedule_free_kernel(*args, **kwargs)
+        return fast.SCHEDULE_FREE.each(*args, **kwargs)
 
-    fast.SCHEDULE_FREE._compiled = fails_on_the_second_tensor
+    fast.SCHEDULE_FREE._compiled = fails_on_the_second_call
     with pytest.warns(RuntimeWarning, match="compiler crashed"):
         train_from(opt, fused_params, start=1, stop=4)
     assert len(calls) == 2  # the kernel is not tried again after it failed
@@ -355,19 +428,20 @@ def test_a_compile_failing_within_a_step_finishes_the_step_uncompiled():
 @pytest.mark.parametrize("name", ["prodigy", "prodigy-coupled-beta1=0"])
 def test_prodigy_update_failing_still_updates_the_moments_the_statistics_left(name: str):
     # Prodigy's statistics kernel leaves the moments of its tensors to the update kernel: when
-    # that one fails half-way through a step, the rest run its equations uncompiled
+    # that one fails half-way through a step (at the second group's call), the rest run its
+    # equations uncompiled
     fused_params, loop_params = make_params(torch.float64), make_params(torch.float64)
     opt = build(name, fused_params, fused=True)
     train(opt, fused_params, 1)
     calls = []
 
-    def fails_on_the_second_tensor(*args: Any, **kwargs: Any) -> Any:
+    def fails_on_the_second_call(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("compiler crashed")
-        return fast.prodigy_update_kernel(*args, **kwargs)
+        return fast.PRODIGY_UPDATE.each(*args, **kwargs)
 
-    fast.PRODIGY_UPDATE._compiled = fails_on_the_second_tensor
+    fast.PRODIGY_UPDATE._compiled = fails_on_the_second_call
     with pytest.warns(RuntimeWarning, match="compiler crashed"):
         train_from(opt, fused_params, start=1, stop=6)
     assert len(calls) == 2
@@ -449,15 +523,20 @@ def test_inductor_float64_agrees_with_the_loop_to_1e_12(name: str):
 @pytest.mark.slow
 @pytest.mark.usefixtures("inductor_kernels")
 @pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam"])
-def test_inductor_compiles_during_the_first_step_only(name: str):
-    # 50 tensors of different sizes, as in a small transformer, all views into one buffer (as
-    # DDP's gradient buckets are); sizes on both sides of inductor's 4096-element threshold
+@pytest.mark.parametrize("views", [True, False], ids=["views", "tensors"])
+def test_inductor_compiles_during_the_first_step_only(name: str, views: bool):
+    # 50 tensors of different sizes, as in a small transformer, in two groups; sizes on both
+    # sides of inductor's 4096-element threshold. Either all views into one buffer (as DDP's
+    # gradient buckets are: one compiled call per tensor) or tensors of their own (one per group)
     sizes = [3 + 37 * i * i for i in range(50)]
-    buffer = torch.randn(sum(sizes))
-    params, start = [], 0
-    for n in sizes:
-        params.append(torch.nn.Parameter(buffer[start : start + n]))
-        start += n
+    params: list[torch.Tensor] = []
+    if views:
+        buffer, start = torch.randn(sum(sizes)), 0
+        for n in sizes:
+            params.append(torch.nn.Parameter(buffer[start : start + n]))
+            start += n
+    else:
+        params = [torch.nn.Parameter(torch.randn(n)) for n in sizes]
     opt = build(name, params, fused=True)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -465,7 +544,9 @@ def test_inductor_compiles_during_the_first_step_only(name: str):
     skip_if_not_compiled(record)
     kernels = CONFIGS[name][2]
     after_first = [k.graphs for k in kernels]
-    # one variant for large tensors, one for small ones where inductor makes one
-    assert all(1 <= n <= 2 for n in after_first), after_first
+    if views:  # one call per tensor: a few variants, where inductor specializes on the size
+        assert all(1 <= n <= 4 for n in after_first), after_first
+    else:  # one call per group; the two groups' lists are as long and may share a graph
+        assert all(1 <= n <= 2 for n in after_first), after_first
     train(opt, params, 3)
     assert [k.graphs for k in kernels] == after_first

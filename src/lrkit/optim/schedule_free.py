@@ -573,8 +573,8 @@ class ScheduleFreeSGD(ScheduleFree):
             default 2.
         foreach: ``True``: multi-tensor path; ``False``: one tensor at a time; ``None``
             (default) follows torch.optim: multi-tensor on CUDA-like devices, loop on the CPU.
-        fused: ``True``: on the CPU, one compiled kernel per tensor of 64K elements or more
-            (the first step compiles it; see :mod:`lrkit.optim._compiled`), the ``foreach``
+        fused: ``True``: on the CPU, one compiled kernel over the tensors of 64K elements or
+            more (the first step compiles it; see :mod:`lrkit.optim._compiled`), the ``foreach``
             choice for the others and wherever compiling fails (with a warning). ``None``
             (default) or ``False``: the ``foreach`` choice.
         process_group: The data-parallel group; accepted for the common interface, nothing is
@@ -658,8 +658,8 @@ class ScheduleFreeAdamW(ScheduleFree):
             default 2.
         foreach: ``True``: multi-tensor path; ``False``: one tensor at a time; ``None``
             (default) follows torch.optim: multi-tensor on CUDA-like devices, loop on the CPU.
-        fused: ``True``: on the CPU, one compiled kernel per tensor of 64K elements or more
-            (the first step compiles it; see :mod:`lrkit.optim._compiled`), the ``foreach``
+        fused: ``True``: on the CPU, one compiled kernel over the tensors of 64K elements or
+            more (the first step compiles it; see :mod:`lrkit.optim._compiled`), the ``foreach``
             choice for the others and wherever compiling fails (with a warning). ``None``
             (default) or ``False``: the ``foreach`` choice.
         process_group: The data-parallel group; accepted for the common interface, nothing is

@@ -5,7 +5,8 @@ operations on whole tensors; each reads and writes full tensors and most allocat
 so a step moves several times the bytes it must. Here the same equations are written once more
 as *per-tensor kernels*: plain functions of one parameter's tensors and a few numbers that
 ``torch.compile`` (inductor: vectorized C++ on CPU, Triton on GPU) turns into one loop over the
-elements, reading each tensor once and writing each result once. Counted in sweeps over tensors
+elements, reading each tensor once and writing each result once; one compiled call runs a
+kernel over a whole list of tensors, one loop each. Counted in sweeps over tensors
 of the parameters' size (a read or a write of one tensor), a step takes:
 
 * Schedule-Free AdamW (:mod:`.schedule_free`): one kernel, read y g z v, write y z v: 7, as
@@ -31,44 +32,55 @@ How the kernels are compiled and called (:class:`CompiledKernel`):
 * Every number, hyperparameters included, reaches a kernel inside one 1-D float64 tensor
   (:func:`pack`): a new ``d``, a scheduled ``lr`` or another group's ``weight_decay`` never
   recompiles, and the compiled call checks one argument instead of seven.
-* Tensors are passed flattened to 1-D with dynamic sizes (``torch.compile(dynamic=True)``), so
-  one compiled kernel serves every tensor size of a dtype and device. A compiled call costs
-  about 45 us of host time, so tensors under :data:`MIN_NUMEL` (64K) elements take the
-  optimizer's own path (loop or foreach), which is faster for them; so do tensor subclasses and
-  layouts that do not flatten to a dense 1-D view. The kernels' per-tensor results and the
-  fallback's are simply concatenated.
-* The first use on a dtype and device compiles the kernel on stand-in tensors of zeros (a
-  probe), before any tensor of the step is touched. If compiling fails (no C++ compiler, an
-  unsupported Python or platform), a warning is issued once and the optimizer takes its
-  ``foreach`` choice (loop or foreach path) for this and every later step, with the same
-  results. A compile that the probe did not foresee (after ``torch.set_num_threads``, say)
-  happens during a step; if it fails, the tensors not yet updated take the fallback, and so
-  does every later step.
+* What is compiled is the kernel run over a list of parameters' tensors
+  (:attr:`CompiledKernel.each`; the compiler unrolls the list and inductor emits the loops of
+  all its tensors in one graph, on CPU in one generated function). A step makes one call per
+  param group, device and dtype, cut into calls of at most :data:`MAX_TENSORS` (64) tensors,
+  and wherever a tensor shares its storage with one already in the call (views into one
+  buffer: the compiler would merge them into one input and copy it whole). A compiled call
+  costs tens of microseconds of host time (its guards check every tensor, then one call into
+  the generated code), once per call instead of once per tensor.
+* Tensors are passed flattened to 1-D with dynamic sizes (``torch.compile(dynamic=True)``),
+  so a new size compiles nothing new by itself; a graph is specific to the number of tensors
+  of a call and the equalities among their sizes, which are fixed for an optimizer: the first
+  step compiles at most once per group (a list of the same length reuses the graph), and a
+  later optimizer with other lists compiles once more, never per step. Tensors under
+  :data:`MIN_NUMEL` (64K) elements take the optimizer's own path (loop or foreach): including
+  them would save a fraction of a millisecond per step and compile several times longer. So
+  do tensor subclasses and layouts that do not flatten to a dense 1-D view. The kernels'
+  per-tensor results and the fallback's are simply concatenated.
+* Compiling happens at a call's first run, on the call's own tensors, and finishes before any
+  of them is touched. If it fails (no C++ compiler, an unsupported Python or platform), a
+  warning is issued once and the tensors of that call and of every later one take the
+  optimizer's ``foreach`` choice (loop or foreach path), with the same results; calls of the
+  step that ran compiled before the failure keep their results.
 * Inside a graph that ``torch.compile`` is already tracing (a compiled training step), the
   kernel function is called as is and traced with it.
 
 Choosing the path: the optimizers take ``fused: bool | None = None``. ``None`` (the default) and
 ``False`` run the foreach or loop path; ``True`` runs the compiled kernels, for CPU parameters
 (see :data:`SUPPORTED_DEVICE_TYPES`). The default is off because compiling costs more than a
-short run saves. Measured on a shared 2-core CPU with ~10M parameters in 50 tensors: the first
-step takes 12-13 s with an empty inductor cache (27-36 s when the machine is busy) and about
-3 s with a warm one (the cache is on disk, so later processes start warm), one compile per
-kernel and dtype; a later step saves 7-12 ms over the default path. A fused run breaks even
-after roughly 1000-1800 steps on a cold cache, 250-450 on a warm one (``docs/benchmarks.md``).
+short run saves. Measured on a shared 2-core CPU with ~10M parameters in 50 tensors (25 of them
+compiled): with an empty inductor cache the first steps of Schedule-Free AdamW, Prodigy and
+D-Adapt Adam took 92 s in all while the machine was busy (24 s for kernels called once per
+tensor, which compile one loop instead of one per tensor of a call), and Schedule-Free AdamW's
+took about 1 s with a warm cache (the cache is on disk, so later processes start warm); a
+later step saves 7-12 ms over the default path (measured with one call per tensor) and about
+1 ms more with one call per group. A fused run breaks even after a few thousand steps on a cold
+cache, some hundred on a warm one (``docs/benchmarks.md``).
 ``fused`` is an attribute of the optimizer, not a hyperparameter of a param group, so a
 ``state_dict`` does not record it: a checkpoint saved on one path resumes on the other.
 
 Memory: the kernels write their results into the state tensors and the parameters and return
 only 0-dim sums, so a step allocates no temporaries of the parameters' size and nothing beyond
-the optimizer's documented state is kept. The probe's stand-ins (2^20 elements per tensor
-argument) live only while it compiles.
+the optimizer's documented state is kept.
 """
 
 from __future__ import annotations
 
 from lrkit.optim._compiled.base import (
-    _PROBE_NUMEL,
     _RECOMPILE_LIMIT,
+    MAX_TENSORS,
     MIN_NUMEL,
     SUPPORTED_DEVICE_TYPES,
     CompiledKernel,
@@ -110,12 +122,12 @@ __all__ = [
     "DADAPT_ADAM",
     "DUAL_ADAM_STATS",
     "KERNELS",
+    "MAX_TENSORS",
     "MIN_NUMEL",
     "PRODIGY_STATS",
     "PRODIGY_UPDATE",
     "SCHEDULE_FREE",
     "SUPPORTED_DEVICE_TYPES",
-    "_PROBE_NUMEL",
     "_RECOMPILE_LIMIT",
     "CompiledKernel",
     "Lists",

@@ -25,10 +25,9 @@ __all__ = [
 ]
 
 SUPPORTED_DEVICE_TYPES = ("cpu",)
-"""Device types the compiled path is for. Inductor also compiles for CUDA (Triton), but there
-one call per tensor is bound by the host (about 45 us each, against microseconds of GPU work),
-where the foreach path's multi-tensor kernels take a whole list per launch; the CUDA path would
-need one compiled graph over all tensors, which is not measured here."""
+"""Device types the compiled path is for. Inductor also compiles for CUDA (Triton), where one
+compiled call over a list of tensors would compete with the foreach path's multi-tensor kernels
+(a whole list per launch); that is not measured here."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,55 +86,83 @@ def scalar(name: str, value: float, device: torch.device) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# The plumbing: compile once per variant, call per large tensor, leave the rest to the fallback
+# The plumbing: compile once per variant, call per list of large tensors, the rest to the fallback
 # --------------------------------------------------------------------------------------------
 Lists = Sequence[Sequence[Tensor] | None]
 
 _RECOMPILE_LIMIT = 64
-"""Variants of one kernel the compiler may keep (see :meth:`CompiledKernel._probe`)."""
+"""Variants of one kernel the compiler may keep: one per dtype, device, flags and list of
+tensors (and equalities among their sizes) it is called with (see
+:meth:`CompiledKernel.apply`)."""
 
 MIN_NUMEL = 1 << 16
-"""Tensors with fewer elements take the optimizer's own path. A compiled call costs 25-45 us of
-host time: on a 2-core CPU (one thread, 20 tensors of each size) the loop path was faster up to
-4K elements, and at 16K for two of the three optimizers; at 64K the compiled kernels were
-1.4-1.8x faster."""
+"""Tensors with fewer elements take the optimizer's own path. Chosen when each tensor took a
+compiled call of its own (25-45 us of host time): on a 2-core CPU (one thread, 20 tensors of
+each size) the loop path was faster up to 4K elements, and at 16K for two of the three
+optimizers; at 64K the compiled kernels were 1.4-1.8x faster. In a call over a list a small
+tensor costs little host time, but each tensor adds a loop to the generated code and to the
+time it takes to compile (see :mod:`lrkit.optim._compiled`)."""
 
-_PROBE_NUMEL = 1 << 20
-"""Size of the stand-in tensors a kernel is first compiled on. Inductor takes the size it
-compiles for as the typical one: at 2^20 elements it splits loops across threads, and sums
-float32 in chunks of 4096 (more accurately), a choice it guards on the size."""
+MAX_TENSORS = 64
+"""Most tensors one compiled call takes; a longer list is cut into calls of this many (a graph
+over more tensors takes longer to compile and adds no speed)."""
+
+
+def _each(fn: Callable[..., Any]) -> Callable[..., list[Any]]:
+    """``fn`` run on each row of a list, as a function whose code object is its own.
+
+    The compiler keeps its compiled variants on the code object, so every kernel needs its own
+    (else all kernels would share one cache and its limit).
+    """
+
+    def each(rows: Sequence[Sequence[Tensor | None]], scalars: Tensor, **static: bool) -> list[Any]:
+        return [fn(*row, scalars, **static) for row in rows]
+
+    name = f"{fn.__name__}_each"
+    each.__code__ = each.__code__.replace(co_name=name, co_qualname=name)
+    each.__name__ = each.__qualname__ = name
+    return each
 
 
 class CompiledKernel:
-    """A per-tensor kernel function, compiled on first use and called once per large tensor.
+    """A per-tensor kernel function, compiled on first use and called once per list of tensors.
 
     The function takes the tensors of one parameter (``None`` for an absent optional tensor),
     then its numbers packed in one 1-D tensor (:func:`pack`), then keyword flags; it writes its
-    results into its tensor arguments and may return 0-dim tensors (per-tensor sums).
+    results into its tensor arguments and may return 0-dim tensors (per-tensor sums). What is
+    compiled is :attr:`each`, the function run on each row of a list of such tensors: one call
+    sweeps up to :data:`MAX_TENSORS` tensors, each in its own fused loop.
 
     Args:
         fn: The kernel function.
         backend: The ``torch.compile`` backend, ``"inductor"`` (the only one that fuses);
             tests use ``"eager"`` to check the plumbing without a C++ compiler.
         min_numel: Tensors with fewer elements are left to the optimizer's own path.
+        max_tensors: Most tensors one compiled call takes.
     """
 
     def __init__(
-        self, fn: Callable[..., Any], *, backend: str = "inductor", min_numel: int = MIN_NUMEL
+        self,
+        fn: Callable[..., Any],
+        *,
+        backend: str = "inductor",
+        min_numel: int = MIN_NUMEL,
+        max_tensors: int = MAX_TENSORS,
     ) -> None:
         self.fn = fn
+        self.each = _each(fn)
         self.name = fn.__name__
         self.backend = backend
         self.min_numel = min_numel
+        self.max_tensors = max_tensors
         self.reset()
 
     def reset(self) -> None:
-        """Forget the compiled kernel, the probes and any failure (the next use compiles)."""
-        self._compiled: Callable[..., Any] | None = None
-        self._probed: set[tuple[torch.device, torch.dtype, tuple[tuple[str, bool], ...]]] = set()
+        """Forget the compiled kernel and any failure (the next use compiles)."""
+        self._compiled: Callable[..., list[Any]] | None = None
         self.graphs = 0
         """How many graphs the compiler has been given for this kernel: one per variant
-        (dtype, device, flags and, where inductor specializes on the size, small or large)."""
+        (dtype, device, flags and the number and sizes of the tensors of a call)."""
         self.failure: str | None = None
         """Why compiling failed (then the fallback takes every tensor), or ``None``."""
 
@@ -148,9 +175,11 @@ class CompiledKernel:
         """Run the kernel on every tensor it takes: ``fn(lists[0][i], ..., scalars, **static)``.
 
         It takes the plain tensors of at least :attr:`min_numel` elements whose tensors share a
-        dense layout (see :func:`_flatten`), as 1-D aliases; the caller's own path runs the
-        others. Inside a graph that ``torch.compile`` is tracing, it takes every tensor and
-        calls the function as is, to be traced with the caller.
+        dense layout (see :func:`_flatten`), as 1-D aliases, in one compiled call per device
+        and dtype (or more: at most :attr:`max_tensors` tensors a call, and no two of a call in
+        one storage); the caller's own path runs the others. Inside a graph that
+        ``torch.compile`` is tracing, it takes every tensor and calls the function as is, to
+        be traced with the caller.
 
         Args:
             lists: Parallel lists of tensors, one entry per parameter; ``None`` for an
@@ -169,76 +198,70 @@ class CompiledKernel:
         rows = [[None if lst is None else lst[i] for lst in lists] for i in range(n)]
         if torch.compiler.is_compiling():
             return [self.fn(*row, _on(scalars, row), **static) for row in rows], []
-        flats = [_flatten(row, self.min_numel) for row in rows]
-        if not self._ready(flats, scalars, static):
+        if self.failure is not None:
             return None
-        results: list[Any] = []
+        flats = [_flatten(row, self.min_numel) for row in rows]
+        calls = self._calls(flats)
+        if calls and self._compiled is None:
+            try:
+                # every variant is one entry in the compiler's cache of this kernel, whose
+                # default limit (8) a process using several variants would reach
+                limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
+                self._compiled = torch.compile(  # type: ignore[call-overload]  # not in the stubs
+                    self.each,
+                    backend=self._count_graphs,
+                    dynamic=True,
+                    fullgraph=True,
+                    recompile_limit=limit,
+                )
+            except Exception as exc:  # any compiler failure means: take the fallback path
+                self._fail(exc)
+                return None
+        results: dict[int, Any] = {}
         rest = [i for i, flat in enumerate(flats) if flat is None]
         by_device: dict[torch.device, Tensor] = {}
-        for i, flat in enumerate(flats):
-            if flat is None:
+        for device, indices in calls:
+            if self._compiled is None:  # failed earlier in this step
+                rest.extend(indices)
                 continue
-            if self._compiled is None:  # failed earlier in this call
-                rest.append(i)
-                continue
-            device = next(t for t in flat if t is not None).device
             numbers = by_device.get(device)
             if numbers is None:
                 numbers = by_device[device] = scalars.to(device)
             try:
-                results.append(self._compiled(*flat, numbers, **static))
-            except Exception as exc:  # a compile the probe could not foresee failed; compiling
-                self._fail(exc)  # comes before running, so this tensor is still untouched
-                rest.append(i)
-        return results, sorted(rest)
+                out = self._compiled([flats[i] for i in indices], numbers, **static)
+            except Exception as exc:  # compiling comes before running: the call's tensors
+                self._fail(exc)  # are untouched, and the fallback takes them
+                rest.extend(indices)
+                continue
+            results.update(zip(indices, out, strict=True))
+        if not results and self._compiled is None:
+            return None
+        return [results[i] for i in sorted(results)], sorted(rest)
 
-    def _ready(
-        self,
-        flats: list[list[Tensor | None] | None],
-        scalars: Tensor,
-        static: dict[str, bool],
-    ) -> bool:
-        """Compile for each (device, dtype, flags) among ``flats``; ``False`` if that fails."""
-        if self.failure is not None:
-            return False
-        for flat in flats:
+    def _calls(
+        self, flats: list[list[Tensor | None] | None]
+    ) -> list[tuple[torch.device, list[int]]]:
+        """The compiled calls for ``flats``: the indices of each, with its device.
+
+        One call per device and dtype, cut at :attr:`max_tensors` tensors and wherever a
+        tensor shares its storage with one already in the call (views into one buffer): the
+        compiler would merge those into one input and copy it whole.
+        """
+        calls: list[tuple[torch.device, list[int]]] = []
+        open_calls: dict[tuple[torch.device, torch.dtype], tuple[list[int], set[int]]] = {}
+        for i, flat in enumerate(flats):
             if flat is None:
                 continue
-            first = next(t for t in flat if t is not None)
-            key = (first.device, first.dtype, tuple(sorted(static.items())))
-            if key in self._probed:
-                continue
-            try:
-                self._probe(flat, scalars.to(first.device), static)
-            except Exception as exc:  # any compiler failure means: take the fallback path
-                self._fail(exc)
-                return False
-            self._probed.add(key)
-        return True
-
-    def _probe(self, flat: list[Tensor | None], scalars: Tensor, static: dict[str, bool]) -> None:
-        """Compile by running the kernel on zeros shaped like one parameter's flat tensors.
-
-        First at 2^20 elements, then at :attr:`min_numel`: the second compiles the variant for
-        smaller tensors where inductor made the first one for large tensors only, so that no
-        compile is left for the middle of a step.
-        """
-        if self._compiled is None:
-            self._compiled = torch.compile(
-                self.fn, backend=self._count_graphs, dynamic=True, fullgraph=True
-            )
-        # Every variant is one entry in the compiler's cache of this function, whose default
-        # limit (8) a process using several variants would reach; all compiling happens here,
-        # so the limit is raised here only.
-        limit = max(torch._dynamo.config.recompile_limit, _RECOMPILE_LIMIT)
-        with torch._dynamo.config.patch(recompile_limit=limit):
-            for numel in (_PROBE_NUMEL, self.min_numel):
-                stand_ins = [
-                    None if t is None else torch.zeros(numel, dtype=t.dtype, device=t.device)
-                    for t in flat
-                ]
-                with torch.no_grad():
-                    self._compiled(*stand_ins, scalars, **static)
+            tensors = [t for t in flat if t is not None]
+            key = (tensors[0].device, tensors[0].dtype)
+            storages = {t.untyped_storage().data_ptr() for t in tensors}
+            current = open_calls.get(key)
+            if current is None or len(current[0]) >= self.max_tensors or storages & current[1]:
+                current = open_calls[key] = ([], set())
+                calls.append((key[0], current[0]))
+            current[0].append(i)
+            current[1].update(storages)
+        return calls
 
     def _count_graphs(self, gm: torch.fx.GraphModule, example_inputs: list[Tensor]) -> Any:
         """The configured backend, counting the graphs it is given."""
