@@ -6,7 +6,6 @@ import io
 import math
 import random
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,15 +30,9 @@ from lrkit.bench.train import train
 from lrkit.errors import SpecError, StateError
 from lrkit.finder import RangeTest, suggest
 from lrkit.optim import Prodigy
+from testkit import one_thread_fixture
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one torch thread is fastest (and steady on a shared machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = one_thread_fixture()
 
 
 def _factor(k: int, steps: int, warmup: float = 0.0, final: float = 0.0) -> float:

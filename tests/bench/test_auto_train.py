@@ -6,16 +6,16 @@ import dataclasses
 import math
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import pytest
 import torch
 
 from lrkit.auto_mode import auto_schedule
-from lrkit.bench.config import RunConfig, RunResult
+from lrkit.bench.config import RunConfig
 from lrkit.bench.strategies import Strategy, parse_strategy
 from lrkit.bench.train import train
 from lrkit.bench.workloads import get_workload
+from testkit import one_thread_fixture, same_result
 
 TOY = """
 import torch
@@ -59,12 +59,7 @@ def blobs():
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +71,6 @@ def toy(tmp_path_factory):
 
     yield lrkit_toy_auto
     sys.path.remove(str(folder))
-
-
-def _same(a: RunResult, b: RunResult) -> bool:
-    return dataclasses.replace(a, wall_time=0.0) == dataclasses.replace(b, wall_time=0.0)
 
 
 def test_the_probe_draws_from_the_run_stream_and_counts_in_the_budget(toy):
@@ -137,7 +128,7 @@ def test_auto_runs_are_deterministic_per_seed(toy):
     first = train(config)
     second = train(config)
     assert first.status == "ok", first.error
-    assert _same(first, second)
+    assert same_result(first, second)
     other = train(dataclasses.replace(config, seed=2))
     assert other.curve != first.curve
 
@@ -148,7 +139,7 @@ def test_auto_on_builtin_workloads_is_deterministic(workload):
     first = train(config)
     assert first.status == "ok", first.error
     assert first.steps_done == 120
-    assert _same(first, train(config))
+    assert same_result(first, train(config))
 
 
 def test_auto_prodigy_method_is_the_old_auto():
@@ -156,7 +147,7 @@ def test_auto_prodigy_method_is_the_old_auto():
     a = train(RunConfig("digits_mlp", "auto(method='prodigy')", None, seed=0, steps=60))
     b = train(RunConfig("digits_mlp", "prodigy(schedule='cosine')", None, seed=0, steps=60))
     assert a.status == "ok", a.error
-    assert _same(a, b)
+    assert same_result(a, b)
 
 
 def test_a_probing_strategy_needs_data_and_room():

@@ -223,9 +223,11 @@ def test_builtin_suites_plan_on_the_builtin_workloads_and_strategies():
     assert set(SUITES["quick"].workloads) <= set(SUITES["full"].workloads)
     assert set(SUITES["quick"].strategies) <= set(SUITES["full"].strategies)
     assert set(SUITES["full"].strategies) <= set(SUITES["all"].strategies)
-    assert SUITES["all"].seeds == SUITES["full"].seeds and SUITES["all"].lrs == SUITES["full"].lrs
+    assert SUITES["all"].seeds == SUITES["full"].seeds
+    assert SUITES["all"].lrs == SUITES["full"].lrs
     # the full suite runs the learning-rate-free optimizers at their published setting only
-    assert SUITES["full"].factors == (1.0,) and 1.0 in SUITES["all"].factors
+    assert SUITES["full"].factors == (1.0,)
+    assert 1.0 in SUITES["all"].factors
 
 
 def test_plan_canonicalizes_and_dedupes_strategies_and_splits_rates_from_factors():

@@ -6,16 +6,16 @@ import random
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-from lrkit.bench.config import RunConfig, RunResult
+from lrkit.bench.config import RunConfig
 from lrkit.bench.strategies import Strategy
 from lrkit.bench.train import SMOOTHING, train
 from lrkit.bench.workloads import BUILTIN
+from testkit import one_thread_fixture, same_result
 
 TOY = """
 import torch
@@ -139,12 +139,7 @@ def bn_at_the_end():
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +151,6 @@ def toy(tmp_path_factory):
 
     yield lrkit_toy_workloads
     sys.path.remove(str(folder))
-
-
-def _same(a: RunResult, b: RunResult) -> bool:
-    return dataclasses.replace(a, wall_time=0.0) == dataclasses.replace(b, wall_time=0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +213,7 @@ def test_the_same_config_gives_bit_identical_results(workload, strategy):
     config = RunConfig(workload, strategy, None, seed=3, steps=30)
     first, second = train(config), train(config)
     assert first.status == "ok"
-    assert _same(first, second)
+    assert same_result(first, second)
     other = train(dataclasses.replace(config, seed=4))
     assert other.curve != first.curve
 

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -32,17 +31,13 @@ from lrkit.bench.workloads import (
     seeded,
     tensor_batches,
 )
+from testkit import one_thread_fixture
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "my_workload.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")

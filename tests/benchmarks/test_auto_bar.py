@@ -1,26 +1,12 @@
 """The auto-mode bar: its verdicts on a hand-built store (nothing is trained)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from lrkit.bench.config import RunConfig, RunResult
 from lrkit.bench.store import Store
+from testkit import load_script
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "auto_bar.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("auto_bar", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["auto_bar"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-ab = _load()
+ab = load_script("auto_bar")
 
 
 def _add(store, workload, strategy, lr, seed, status="ok", **final):

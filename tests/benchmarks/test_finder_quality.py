@@ -1,10 +1,7 @@
 """The range-test quality study: its arithmetic on hand-built data, and a tiny run end to end."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,19 +10,9 @@ from lrkit.bench.store import Store, StoredRun
 from lrkit.bench.strategies import parse_strategy
 from lrkit.bench.workloads import get_workload
 from lrkit.finder import range_test, suggest_all
+from testkit import load_script
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "finder_quality.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("finder_quality", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["finder_quality"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-fq = _load()
+fq = load_script("finder_quality")
 
 ADAMW = "adamw(schedule='cosine', warmup=0.05)"
 
