@@ -343,6 +343,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_native:  # the fused rows then run the torch.compile kernels
+        from lrkit.optim import _compiled
+
+        for kernel in _compiled.KERNELS:
+            if kernel.native is not None:
+                kernel.native.enabled = False
     shapes = transformer_shapes(args.params, args.tensors)
     n = sum(math.prod(s) for s in shapes)
     gen = torch.Generator().manual_seed(1)
@@ -454,6 +460,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=64 * 2**20,
         help="size of the copy/add buffers (at least the parameter count)",
+    )
+    parser.add_argument(
+        "--no-native",
+        action="store_true",
+        help="fused rows: the torch.compile kernels instead of the native ones",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the raw result here")
     parser.add_argument("--list", action="store_true", help="list the optimizers and exit")

@@ -12,6 +12,7 @@ leave tensors under 64K elements to the optimizer's own path).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,7 @@ def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for kernel in fast.KERNELS:
         monkeypatch.setattr(kernel, "backend", "eager")
         monkeypatch.setattr(kernel, "min_numel", 2)
+        monkeypatch.setattr(kernel.native, "enabled", False)
         kernel.reset()
     yield
     for kernel in fast.KERNELS:
@@ -85,6 +87,24 @@ def inductor_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     tensors of any size."""
     torch._dynamo.reset()
     for kernel in fast.KERNELS:
+        monkeypatch.setattr(kernel, "min_numel", 2)
+        monkeypatch.setattr(kernel.native, "enabled", False)
+        kernel.reset()
+    yield
+    for kernel in fast.KERNELS:
+        kernel.reset()
+    torch._dynamo.reset()
+
+
+@pytest.fixture
+def native_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The native kernels, skipped where they cannot be built; behind them the kernels compiled
+    by the ``"eager"`` backend, for tensors of any size."""
+    if fast.native.library.get() is None:
+        pytest.skip(f"the native kernels cannot be built here: {fast.native.library.failure}")
+    torch._dynamo.reset()
+    for kernel in fast.KERNELS:
+        monkeypatch.setattr(kernel, "backend", "eager")
         monkeypatch.setattr(kernel, "min_numel", 2)
         kernel.reset()
     yield
@@ -472,6 +492,120 @@ def test_fused_is_checked_at_construction():
         with pytest.raises(ValueError, match=r"fused=True needs parameters on cpu, got .* meta"):
             cls([meta], fused=True)
     assert "fused" not in DAdaptSGD.__init__.__code__.co_varnames  # no kernel: no flag
+
+
+# --------------------------------------------------------------------------------------------
+# the native kernels
+# --------------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", NAMES)
+def test_native_float64_equals_the_loop_to_1e_12(name: str):
+    out = run_paths(name, torch.float64, 100, fused={"fused": True}, loop={"foreach": False})
+    assert rel_err(out["fused"], out["loop"]) < 1e-12
+    assert all(k.graphs == 0 for k in fast.KERNELS)  # the native kernels took every tensor
+
+
+@pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", NAMES)
+def test_native_float32_agrees_with_the_loop_over_120_steps(name: str):
+    # as close to the loop as the foreach path is (measured: 1e-8 to 1e-7)
+    out = run_paths(
+        name,
+        torch.float32,
+        120,
+        fused={"fused": True},
+        loop={"foreach": False},
+        foreach={"foreach": True},
+    )
+    reference = rel_err(out["foreach"], out["loop"])
+    assert rel_err(out["fused"], out["loop"]) <= max(2e-6, 2 * reference)
+
+
+@pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam", "dadapt-adam-decoupled"])
+def test_native_results_do_not_depend_on_the_number_of_threads(name: str):
+    # tensors of several chunks (16K elements each), summed in the same order on any thread count
+    shapes = [(300, 200), (70_000,), (5,)]
+    out = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            params = make_params(torch.float32, shapes)
+            train(build(name, params, fused=True), params, 5)
+            out.append(params)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*out, strict=True))
+
+
+@pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam-decoupled"])
+def test_native_checkpoint_resumes_bit_for_bit(name: str):
+    whole = make_params(torch.float32)
+    train(build(name, whole, fused=True), whole, 12)
+    first = make_params(torch.float32)
+    opt = build(name, first, fused=True)
+    train_from(opt, first, start=0, stop=5)
+    state = copy.deepcopy(opt.state_dict())
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in first]
+    opt = build(name, resumed, fused=True)
+    opt.load_state_dict(state)
+    train_from(opt, resumed, start=5, stop=12)
+    assert all(torch.equal(a, b) for a, b in zip(whole, resumed, strict=True))
+
+
+@pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam"])
+def test_native_kernels_take_views_and_dense_layouts(name: str):
+    # views into one buffer (as DDP's buckets) and a channels-last weight
+    def params() -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        buffer = torch.randn(400, generator=gen, dtype=torch.float64)
+        conv = torch.randn(4, 3, 5, 5, generator=gen, dtype=torch.float64)
+        return [
+            torch.nn.Parameter(buffer[:150]),
+            torch.nn.Parameter(buffer[150:].view(10, 25)),
+            torch.nn.Parameter(conv.to(memory_format=torch.channels_last)),
+        ]
+
+    fused_params, loop_params = params(), params()
+    train(build(name, fused_params, fused=True), fused_params, 10)
+    train(build(name, loop_params, foreach=False), loop_params, 10)
+    assert rel_err(fused_params, loop_params) < 1e-12
+    assert all(k.graphs == 0 for k in fast.KERNELS)
+
+
+@pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam"])
+def test_native_kernels_leave_other_dtypes_to_the_compiled_kernels(name: str):
+    params = make_params(torch.bfloat16)
+    train(build(name, params, fused=True), params, 3)
+    assert all(k.graphs >= 1 for k in CONFIGS[name][2])  # bfloat16: the torch.compile kernels
+    assert all(torch.isfinite(p.float()).all() for p in params)
+
+
+@pytest.mark.usefixtures("native_kernels")
+def test_native_build_failure_warns_once_and_takes_the_compiled_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from torch._inductor import codecache
+
+    def no_compiler(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(fast.native.library, "lib", None)
+    monkeypatch.setattr(fast.native.library, "failure", None)
+    monkeypatch.setattr(codecache.CppCodeCache, "load", no_compiler)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        out = run_paths("dadapt-adam", torch.float64, 5, fused={"fused": True}, loop={})
+    messages = [str(w.message) for w in record if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1
+    assert "native CPU kernels are unavailable" in messages[0]
+    assert "no C++ compiler found" in messages[0]
+    assert fast.DADAPT_ADAM.graphs >= 1
+    assert rel_err(out["fused"], out["loop"]) < 1e-12
 
 
 # --------------------------------------------------------------------------------------------

@@ -573,10 +573,11 @@ class ScheduleFreeSGD(ScheduleFree):
             default 2.
         foreach: ``True``: multi-tensor path; ``False``: one tensor at a time; ``None``
             (default) follows torch.optim: multi-tensor on CUDA-like devices, loop on the CPU.
-        fused: ``True``: on the CPU, one compiled kernel over the tensors of 64K elements or
-            more (the first step compiles it; see :mod:`lrkit.optim._compiled`), the ``foreach``
-            choice for the others and wherever compiling fails (with a warning). ``None``
-            (default) or ``False``: the ``foreach`` choice.
+        fused: ``True``: on the CPU, one fused kernel per step: native C++ for float32 and
+            float64 tensors (built once, in seconds), a ``torch.compile`` kernel for other
+            dtypes' tensors of 64K elements or more (see :mod:`lrkit.optim._compiled`), the
+            ``foreach`` choice for the rest and wherever compiling fails (with a warning).
+            ``None`` (default) or ``False``: the ``foreach`` choice.
         process_group: The data-parallel group; accepted for the common interface, nothing is
             reduced (see the module docstring).
         sharded: Whether parameters are sharded across ``process_group``; nothing is reduced.
@@ -658,10 +659,11 @@ class ScheduleFreeAdamW(ScheduleFree):
             default 2.
         foreach: ``True``: multi-tensor path; ``False``: one tensor at a time; ``None``
             (default) follows torch.optim: multi-tensor on CUDA-like devices, loop on the CPU.
-        fused: ``True``: on the CPU, one compiled kernel over the tensors of 64K elements or
-            more (the first step compiles it; see :mod:`lrkit.optim._compiled`), the ``foreach``
-            choice for the others and wherever compiling fails (with a warning). ``None``
-            (default) or ``False``: the ``foreach`` choice.
+        fused: ``True``: on the CPU, one fused kernel per step: native C++ for float32 and
+            float64 tensors (built once, in seconds), a ``torch.compile`` kernel for other
+            dtypes' tensors of 64K elements or more (see :mod:`lrkit.optim._compiled`), the
+            ``foreach`` choice for the rest and wherever compiling fails (with a warning).
+            ``None`` (default) or ``False``: the ``foreach`` choice.
         process_group: The data-parallel group; accepted for the common interface, nothing is
             reduced (see the module docstring).
         sharded: Whether parameters are sharded across ``process_group``; nothing is reduced.

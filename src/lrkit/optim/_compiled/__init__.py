@@ -3,11 +3,18 @@ r"""The optional compiled path of the Adam-family optimizers: fused sweeps over 
 The loop and ``torch._foreach_*`` paths of an optimizer run its update as a sequence of
 operations on whole tensors; each reads and writes full tensors and most allocate a temporary,
 so a step moves several times the bytes it must. Here the same equations are written once more
-as *per-tensor kernels*: plain functions of one parameter's tensors and a few numbers that
-``torch.compile`` (inductor: vectorized C++ on CPU, Triton on GPU) turns into one loop over the
-elements, reading each tensor once and writing each result once; one compiled call runs a
-kernel over a whole list of tensors, one loop each. Counted in sweeps over tensors
-of the parameters' size (a read or a write of one tensor), a step takes:
+as *per-tensor kernels*: one loop over the elements that reads each tensor once and writes each
+result once. Each kernel exists twice:
+
+* in C++ (:mod:`.native`, ``kernels.cpp``), vectorized by hand with ATen's SIMD type like
+  torch's own fused AdamW, for float32 and float64 CPU tensors of any size: built once per
+  machine in seconds, one call per list of tensors;
+* as a plain Python function of one parameter's tensors, which ``torch.compile`` (inductor:
+  vectorized C++ on CPU, Triton on GPU) turns into a loop, for the tensors of other dtypes
+  (bfloat16, float16) of 64K elements or more; its first step compiles for tens of seconds.
+
+Tensors neither takes run on the optimizer's own path. Counted in sweeps over tensors of the
+parameters' size (a read or a write of one tensor), a step takes:
 
 * Schedule-Free AdamW (:mod:`.schedule_free`): one kernel, read y g z v, write y z v: 7, as
   torch's fused AdamW.
@@ -16,19 +23,23 @@ of the parameters' size (a read or a write of one tensor), a step takes:
   update, which needs the new ``d``, reads x g m v and writes x m v (the moments use the old
   ``d`` and wait for it): 12.
 * D-Adapt Adam (:mod:`.dadapt`): one kernel, since its update needs nothing of this step's
-  sums, but two loops: the numerator :math:`\langle \hat g, s / (\sqrt v + \epsilon) \rangle`
-  reads g s v (and x with coupled decay) before the second loop overwrites them (inductor does
-  not fuse a sum with a later overwrite of what it reads, and in torch 2.13 its outer-loop
-  fusion of per-row sums with the rows' writes fails to compile, a ``KeyError`` inside
-  inductor's C++ code generation): 12,
-  or 14 with decoupled weight decay, whose factor depends on whether the step made progress
-  (two kernels).
+  sums: read x g m v s, write x m v s, 9 in the native kernel. Inductor makes two loops of it,
+  12 sweeps: the numerator :math:`\langle \hat g, s / (\sqrt v + \epsilon) \rangle` reads g s
+  v (and x with coupled decay) before the second loop overwrites them (inductor does not fuse a
+  sum with a later overwrite of what it reads, and in torch 2.13 its outer-loop fusion of
+  per-row sums with the rows' writes fails to compile, a ``KeyError`` inside inductor's C++
+  code generation). With decoupled weight decay, whose factor depends on whether the step made
+  progress, two kernels: 14 sweeps.
 
-Tests prove every kernel equal to the loop path of its optimizer (float32 to rounding over 100+
-steps, float64 to 1e-12). :mod:`.base` holds the plumbing below.
+Tests prove every kernel, on both paths, equal to the loop path of its optimizer (float32 to
+rounding over 100+ steps, float64 to 1e-12); the native kernels' results do not depend on the
+number of threads. :mod:`.base` holds the plumbing below.
 
 How the kernels are compiled and called (:class:`CompiledKernel`):
 
+* The native kernels come first (:meth:`CompiledKernel.apply` calls its kernel's
+  :class:`~lrkit.optim._compiled.native.NativeKernel`); the tensors they leave go on to the
+  ``torch.compile`` kernels as follows.
 * Every number, hyperparameters included, reaches a kernel inside one 1-D float64 tensor
   (:func:`pack`): a new ``d``, a scheduled ``lr`` or another group's ``weight_decay`` never
   recompiles, and the compiled call checks one argument instead of seven.
@@ -58,16 +69,14 @@ How the kernels are compiled and called (:class:`CompiledKernel`):
   kernel function is called as is and traced with it.
 
 Choosing the path: the optimizers take ``fused: bool | None = None``. ``None`` (the default) and
-``False`` run the foreach or loop path; ``True`` runs the compiled kernels, for CPU parameters
-(see :data:`SUPPORTED_DEVICE_TYPES`). The default is off because compiling costs more than a
-short run saves. Measured on a shared 2-core CPU with ~10M parameters in 50 tensors (25 of them
-compiled): with an empty inductor cache the first steps of Schedule-Free AdamW, Prodigy and
-D-Adapt Adam took 92 s in all while the machine was busy (24 s for kernels called once per
-tensor, which compile one loop instead of one per tensor of a call), and Schedule-Free AdamW's
-took about 1 s with a warm cache (the cache is on disk, so later processes start warm); a
-later step saves 7-12 ms over the default path (measured with one call per tensor) and about
-1 ms more with one call per group. A fused run breaks even after a few thousand steps on a cold
-cache, some hundred on a warm one (``docs/benchmarks.md``).
+``False`` run the foreach or loop path; ``True`` runs the fused kernels, for CPU parameters
+(see :data:`SUPPORTED_DEVICE_TYPES`). The default is off because the kernels must be built
+first (the native library in 3-4 s on a 2-core CPU, once per machine: it is cached on disk;
+``torch.compile``'s kernels in tens of seconds) and because a fused step's float32 rounding
+differs from the default path's, which would change every stored result of a run. Measured on
+a shared 2-core CPU with ~10M float32 parameters in 50 tensors, a fused step of Schedule-Free
+AdamW, Prodigy or D-Adapt Adam takes 1.1-2x the time of torch's fused AdamW, against 4-7x for
+the default paths (``docs/benchmarks.md``).
 ``fused`` is an attribute of the optimizer, not a hyperparameter of a param group, so a
 ``state_dict`` does not record it: a checkpoint saved on one path resumes on the other.
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from lrkit._validate import check_bool
+from lrkit.optim._compiled.native import NativeKernel
 
 __all__ = [
     "MIN_NUMEL",
@@ -139,6 +140,8 @@ class CompiledKernel:
             tests use ``"eager"`` to check the plumbing without a C++ compiler.
         min_numel: Tensors with fewer elements are left to the optimizer's own path.
         max_tensors: Most tensors one compiled call takes.
+        native: The same kernel in C++ (:mod:`.native`), which takes the float32 and float64
+            CPU tensors first, or ``None``.
     """
 
     def __init__(
@@ -148,8 +151,10 @@ class CompiledKernel:
         backend: str = "inductor",
         min_numel: int = MIN_NUMEL,
         max_tensors: int = MAX_TENSORS,
+        native: NativeKernel | None = None,
     ) -> None:
         self.fn = fn
+        self.native = native
         self.each = _each(fn)
         self.name = fn.__name__
         self.backend = backend
@@ -174,12 +179,13 @@ class CompiledKernel:
     ) -> tuple[list[Any], list[int]] | None:
         """Run the kernel on every tensor it takes: ``fn(lists[0][i], ..., scalars, **static)``.
 
-        It takes the plain tensors of at least :attr:`min_numel` elements whose tensors share a
-        dense layout (see :func:`_flatten`), as 1-D aliases, in one compiled call per device
-        and dtype (or more: at most :attr:`max_tensors` tensors a call, and no two of a call in
-        one storage); the caller's own path runs the others. Inside a graph that
-        ``torch.compile`` is tracing, it takes every tensor and calls the function as is, to
-        be traced with the caller.
+        The :attr:`native` kernel, if any, takes the float32 and float64 CPU tensors with a
+        dense common layout (:mod:`.native`). The compiled function takes the remaining plain
+        tensors of at least :attr:`min_numel` elements whose tensors share a dense layout (see
+        :func:`_flatten`), as 1-D aliases, in one compiled call per device and dtype (or more:
+        at most :attr:`max_tensors` tensors a call, and no two of a call in one storage); the
+        caller's own path runs the others. Inside a graph that ``torch.compile`` is tracing,
+        it takes every tensor and calls the function as is, to be traced with the caller.
 
         Args:
             lists: Parallel lists of tensors, one entry per parameter; ``None`` for an
@@ -198,9 +204,36 @@ class CompiledKernel:
         rows = [[None if lst is None else lst[i] for lst in lists] for i in range(n)]
         if torch.compiler.is_compiling():
             return [self.fn(*row, _on(scalars, row), **static) for row in rows], []
+        results: dict[int, Any] = {}
+        if self.native is not None:
+            results = self.native.apply(rows, scalars, static)
+        todo = [i for i in range(n) if i not in results]
+        rest = self._apply_compiled(rows, todo, scalars, static, results)
+        if rest is None:
+            if not results:
+                return None
+            rest = todo
+        return [results[i] for i in sorted(results)], sorted(rest)
+
+    def _apply_compiled(
+        self,
+        rows: list[list[Tensor | None]],
+        todo: list[int],
+        scalars: Tensor,
+        static: dict[str, bool],
+        results: dict[int, Any],
+    ) -> list[int] | None:
+        """:meth:`apply`'s ``torch.compile`` part, on the rows ``todo``: results into ``results``.
+
+        Returns the indices left to the caller, or ``None`` when nothing could be compiled.
+        """
+        if not todo:
+            return []
         if self.failure is not None:
             return None
-        flats = [_flatten(row, self.min_numel) for row in rows]
+        flats: dict[int, list[Tensor | None] | None] = {
+            i: _flatten(rows[i], self.min_numel) for i in todo
+        }
         calls = self._calls(flats)
         if calls and self._compiled is None:
             try:
@@ -217,8 +250,8 @@ class CompiledKernel:
             except Exception as exc:  # any compiler failure means: take the fallback path
                 self._fail(exc)
                 return None
-        results: dict[int, Any] = {}
-        rest = [i for i, flat in enumerate(flats) if flat is None]
+        rest = [i for i, flat in flats.items() if flat is None]
+        ran = False
         by_device: dict[torch.device, Tensor] = {}
         for device, indices in calls:
             if self._compiled is None:  # failed earlier in this step
@@ -233,13 +266,14 @@ class CompiledKernel:
                 self._fail(exc)  # are untouched, and the fallback takes them
                 rest.extend(indices)
                 continue
+            ran = True
             results.update(zip(indices, out, strict=True))
-        if not results and self._compiled is None:
+        if not ran and self._compiled is None:
             return None
-        return [results[i] for i in sorted(results)], sorted(rest)
+        return rest
 
     def _calls(
-        self, flats: list[list[Tensor | None] | None]
+        self, flats: dict[int, list[Tensor | None] | None]
     ) -> list[tuple[torch.device, list[int]]]:
         """The compiled calls for ``flats``: the indices of each, with its device.
 
@@ -249,7 +283,7 @@ class CompiledKernel:
         """
         calls: list[tuple[torch.device, list[int]]] = []
         open_calls: dict[tuple[torch.device, torch.dtype], tuple[list[int], set[int]]] = {}
-        for i, flat in enumerate(flats):
+        for i, flat in flats.items():
             if flat is None:
                 continue
             tensors = [t for t in flat if t is not None]
@@ -329,10 +363,16 @@ def pack(device: torch.device, **values: Tensor | float) -> Tensor:
     return torch.stack(parts)
 
 
-def _stacked(values: list[tuple[Tensor, Tensor]], like: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-tensor ``(n, ℓ)`` pairs as two 1-D tensors in ``like``'s dtype and device."""
+def _stacked(values: list[tuple[Tensor, Tensor] | Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-tensor ``(n, ℓ)`` pairs (or 1-D tensors of them) as two 1-D tensors like ``like``."""
     if not values:
         return like.new_zeros(0), like.new_zeros(0)
+    if any(isinstance(v, Tensor) for v in values):  # a native kernel's rows (1-D tensors)
+        rows = [v if isinstance(v, Tensor) else torch.stack([*v]) for v in values]
+        if any(r.device != like.device for r in rows):
+            rows = [r.to(like.device) for r in rows]
+        matrix = torch.stack(rows).to(like.dtype)
+        return matrix[:, 0], matrix[:, 1]
     out = []
     for column in zip(*values, strict=True):
         if all(v.device == like.device for v in column):

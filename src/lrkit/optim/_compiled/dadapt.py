@@ -5,11 +5,11 @@ Prodigy (two kernels, 12 sweeps): :data:`PRODIGY_STATS` reads :math:`x, g, x_0, 
 :data:`PRODIGY_UPDATE` reads :math:`x, g, m, v` and writes :math:`x, m, v` (the moments use
 the old ``d``, so they wait for the update's sweep instead of taking one of their own).
 
-D-Adapt Adam (one kernel, 12 sweeps): :data:`DADAPT_ADAM` runs the statistics and the update,
-which needs nothing of this step's sums; inductor makes two loops of it (the numerator reads
-:math:`s` and :math:`v` before the step overwrites them). With decoupled weight decay, whose
-factor depends on whether the step made progress, :data:`DUAL_ADAM_STATS` and
-:data:`ADAM_UPDATE` take the statistics and the update (14 sweeps).
+D-Adapt Adam (one kernel): :data:`DADAPT_ADAM` runs the statistics and the update, which needs
+nothing of this step's sums, in one loop in its native version (9 sweeps); inductor makes two
+loops of it (12: the numerator reads :math:`s` and :math:`v` before the step overwrites them).
+With decoupled weight decay, whose factor depends on whether the step made progress,
+:data:`DUAL_ADAM_STATS` and :data:`ADAM_UPDATE` take the statistics and the update (14 sweeps).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from lrkit.optim._compiled.base import CompiledKernel, _concat, _stacked, _subset, pack
+from lrkit.optim._compiled.native import NativeKernel
 
 __all__ = [
     "ADAM_UPDATE",
@@ -253,11 +254,15 @@ def adam_update_kernel(
     x.copy_(x * (1 - decay) - step * m / (torch.sqrt(exp_avg_sq) + eps))
 
 
-PRODIGY_STATS = CompiledKernel(prodigy_stats_kernel)
-PRODIGY_UPDATE = CompiledKernel(prodigy_update_kernel)
-DUAL_ADAM_STATS = CompiledKernel(dual_adam_stats_kernel)
-DADAPT_ADAM = CompiledKernel(dadapt_adam_kernel)
-ADAM_UPDATE = CompiledKernel(adam_update_kernel)
+PRODIGY_STATS = CompiledKernel(prodigy_stats_kernel, native=NativeKernel("prodigy_stats", sums=2))
+PRODIGY_UPDATE = CompiledKernel(prodigy_update_kernel, native=NativeKernel("prodigy_update"))
+DUAL_ADAM_STATS = CompiledKernel(
+    dual_adam_stats_kernel, native=NativeKernel("dual_adam_stats", sums=2, flags=("coupled",))
+)
+DADAPT_ADAM = CompiledKernel(
+    dadapt_adam_kernel, native=NativeKernel("dadapt_adam", sums=2, flags=("coupled",))
+)
+ADAM_UPDATE = CompiledKernel(adam_update_kernel, native=NativeKernel("adam_update"))
 
 
 def adam_stats_fused(

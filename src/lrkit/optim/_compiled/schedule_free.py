@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from lrkit.optim._compiled.base import CompiledKernel, _subset, pack
+from lrkit.optim._compiled.native import NativeKernel
 
 __all__ = ["SCHEDULE_FREE", "schedule_free_fused", "schedule_free_kernel"]
 
@@ -50,7 +51,7 @@ def schedule_free_kernel(
     z.copy_(z_new)
 
 
-SCHEDULE_FREE = CompiledKernel(schedule_free_kernel)
+SCHEDULE_FREE = CompiledKernel(schedule_free_kernel, native=NativeKernel("schedule_free"))
 
 
 def schedule_free_fused(
