@@ -556,6 +556,20 @@ def test_native_checkpoint_resumes_bit_for_bit(name: str):
 
 
 @pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", NAMES)
+def test_native_steps_bump_the_autograd_version_of_what_they_write(name: str):
+    # as an in-place op would: autograd then refuses a graph that saved a parameter before
+    # the step, instead of computing with the overwritten values
+    params = make_params(torch.float64, [(6, 5), (7,)])
+    opt = build(name, params, fused=True)
+    train(opt, params, 1)
+    saved = params[0] * params[0]  # saves params[0] for the backward pass
+    train_from(opt, params, start=1, stop=2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        saved.sum().backward()
+
+
+@pytest.mark.usefixtures("native_kernels")
 @pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam"])
 def test_native_kernels_take_views_and_dense_layouts(name: str):
     # views into one buffer (as DDP's buckets) and a channels-last weight

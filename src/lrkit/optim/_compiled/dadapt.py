@@ -254,15 +254,21 @@ def adam_update_kernel(
     x.copy_(x * (1 - decay) - step * m / (torch.sqrt(exp_avg_sq) + eps))
 
 
-PRODIGY_STATS = CompiledKernel(prodigy_stats_kernel, native=NativeKernel("prodigy_stats", sums=2))
-PRODIGY_UPDATE = CompiledKernel(prodigy_update_kernel, native=NativeKernel("prodigy_update"))
+PRODIGY_STATS = CompiledKernel(
+    prodigy_stats_kernel, native=NativeKernel("prodigy_stats", writes=(2,), sums=2)
+)
+PRODIGY_UPDATE = CompiledKernel(
+    prodigy_update_kernel, native=NativeKernel("prodigy_update", writes=(0, 2, 3))
+)
 DUAL_ADAM_STATS = CompiledKernel(
-    dual_adam_stats_kernel, native=NativeKernel("dual_adam_stats", sums=2, flags=("coupled",))
+    dual_adam_stats_kernel,
+    native=NativeKernel("dual_adam_stats", writes=(2, 3, 4), sums=2, flags=("coupled",)),
 )
 DADAPT_ADAM = CompiledKernel(
-    dadapt_adam_kernel, native=NativeKernel("dadapt_adam", sums=2, flags=("coupled",))
+    dadapt_adam_kernel,
+    native=NativeKernel("dadapt_adam", writes=(0, 2, 3, 4), sums=2, flags=("coupled",)),
 )
-ADAM_UPDATE = CompiledKernel(adam_update_kernel, native=NativeKernel("adam_update"))
+ADAM_UPDATE = CompiledKernel(adam_update_kernel, native=NativeKernel("adam_update", writes=(0,)))
 
 
 def adam_stats_fused(

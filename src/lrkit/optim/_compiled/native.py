@@ -18,7 +18,7 @@ tensors (every chunk of every tensor is one item of one OpenMP loop), through ``
 releases the GIL.
 
 A kernel takes the rows whose tensors are float32 or float64 CPU tensors with a dense common
-layout (:func:`~lrkit.optim._compiled.base._flatten`), of any size from 2 elements; the others
+layout (:func:`_pointers`), of any size from 2 elements; the others
 go on to the ``torch.compile`` kernels and from there to the optimizer's own path. If the
 library cannot be built or loaded (no C++ compiler, a platform inductor does not serve), a
 warning says so once and every row goes on to the ``torch.compile`` kernels.
@@ -84,12 +84,17 @@ class NativeKernel:
     Args:
         name: The kernel's name in ``kernels.cpp`` (its entry points are
             ``lrkit_<name>_f32`` and ``lrkit_<name>_f64``).
+        writes: The positions in a row of the tensors the kernel writes (their autograd
+            version counters are bumped, as an in-place op of PyTorch would).
         sums: How many per-tensor sums it returns (0 or 2).
         flags: The names of the static flags it takes, bit 0 first.
     """
 
-    def __init__(self, name: str, *, sums: int = 0, flags: Sequence[str] = ()) -> None:
+    def __init__(
+        self, name: str, *, writes: Sequence[int], sums: int = 0, flags: Sequence[str] = ()
+    ) -> None:
         self.name = name
+        self.writes = tuple(writes)
         self.sums = sums
         self.flags = tuple(flags)
         self.enabled = True
@@ -108,18 +113,20 @@ class NativeKernel:
         dtype. Rows it does not take (see the module docstring), or all when the library is
         unavailable, are absent from the result and untouched.
         """
-        from lrkit.optim._compiled.base import _flatten
-
         if not self.enabled:
             return {}
-        by_dtype: dict[torch.dtype, list[tuple[int, list[Tensor | None], int]]] = {}
+        by_dtype: dict[torch.dtype, tuple[list[int], list[int], list[int]]] = {}
         for i, row in enumerate(rows):
-            flat = _flatten(list(row), MIN_NUMEL)
-            if flat is None:
+            pointers = _pointers(row)
+            if pointers is None:
                 continue
-            first = next(t for t in flat if t is not None)
-            if first.device.type == "cpu" and first.dtype in DTYPES:
-                by_dtype.setdefault(first.dtype, []).append((i, flat, first.numel()))
+            dtype = row[0].dtype  # type: ignore[union-attr]  # _pointers checked it
+            taken = by_dtype.get(dtype)
+            if taken is None:
+                taken = by_dtype[dtype] = ([], [], [])
+            taken[0].append(i)
+            taken[1].extend(pointers)
+            taken[2].append(row[0].numel())  # type: ignore[union-attr]
         if not by_dtype:
             return {}
         lib = library.get()
@@ -129,27 +136,72 @@ class NativeKernel:
         bits = sum(1 << k for k, flag in enumerate(self.flags) if static.get(flag, False))
         threads = torch.get_num_threads()
         done: dict[int, Any] = {}
-        for dtype, taken in by_dtype.items():
-            n = len(taken)
-            arity = len(taken[0][1])
-            pointers = (ctypes.c_void_p * (n * arity))(
-                *[0 if t is None else t.data_ptr() for _, flat, _ in taken for t in flat]
-            )
-            numels = (ctypes.c_int64 * n)(*[numel for _, _, numel in taken])
+        for dtype, (indices, pointers, numels) in by_dtype.items():
+            n = len(indices)
             out = torch.zeros(n, max(self.sums, 1), dtype=torch.float64)
             entry = getattr(lib, f"lrkit_{self.name}_{DTYPES[dtype]}")
             entry(
                 ctypes.c_int64(n),
-                pointers,
-                numels,
+                (ctypes.c_void_p * len(pointers))(*pointers),
+                (ctypes.c_int64 * n)(*numels),
                 ctypes.c_void_p(numbers.data_ptr()),
                 ctypes.c_int64(bits),
                 ctypes.c_void_p(out.data_ptr()),
                 ctypes.c_int64(threads),
             )
+            written = [rows[i][k] for i in indices for k in self.writes]
+            torch.autograd.graph.increment_version([t for t in written if t is not None])
             if self.sums:
                 sums = out.to(dtype)
-                done.update((i, sums[k]) for k, (i, _, _) in enumerate(taken))
+                done.update(zip(indices, sums, strict=True))
             else:
-                done.update((i, None) for i, _, _ in taken)
+                done.update(dict.fromkeys(indices))
         return done
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _pointers(row: Sequence[Tensor | None]) -> list[int] | None:
+    """The data pointers of one row's tensors (0 for ``None``), or ``None`` if not native.
+
+    A row is native when its tensors are plain float32 or float64 CPU tensors of at least
+    :data:`MIN_NUMEL` elements with one shape, all contiguous or all laid out alike and densely
+    (channels-last, transposed): then the element at the lowest address of each is its
+    ``data_ptr`` and the kernel can walk all of them in memory order, as
+    :func:`~lrkit.optim._compiled.base._flatten` does for the ``torch.compile`` kernels.
+    """
+    first = row[0]
+    if first is None or first.device.type != "cpu" or first.dtype not in DTYPES:
+        return None
+    if first.numel() < MIN_NUMEL:
+        return None
+    shape, dtype = first.shape, first.dtype
+    contiguous = first.is_contiguous()
+    strides = None if contiguous else first.stride()
+    if strides is not None and not _dense(shape, strides):
+        return None
+    pointers = []
+    for t in row:
+        if t is None:
+            pointers.append(0)
+            continue
+        if type(t) not in _PLAIN or t.dtype != dtype or t.shape != shape or t.is_cpu is False:
+            return None
+        if contiguous:
+            if not t.is_contiguous():
+                return None
+        elif t.stride() != strides:
+            return None
+        pointers.append(t.data_ptr())
+    return pointers
+
+
+def _dense(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    """Whether ``strides`` lay out ``shape`` densely in some order of the dimensions."""
+    expected = 1
+    for size, stride in sorted(zip(shape, strides, strict=True), key=lambda d: (d[1], d[0])):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True

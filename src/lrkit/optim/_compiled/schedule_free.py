@@ -51,7 +51,9 @@ def schedule_free_kernel(
     z.copy_(z_new)
 
 
-SCHEDULE_FREE = CompiledKernel(schedule_free_kernel, native=NativeKernel("schedule_free"))
+SCHEDULE_FREE = CompiledKernel(
+    schedule_free_kernel, native=NativeKernel("schedule_free", writes=(0, 2, 3))
+)
 
 
 def schedule_free_fused(
