@@ -66,34 +66,35 @@ SHAPES = [(7, 5), (5,), (33, 7), (1,), (0, 3), (3, 4, 5)]
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-@pytest.fixture
-def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every kernel compiled from scratch by the ``"eager"`` backend, for tensors of any size."""
+def _fresh_kernels(
+    monkeypatch: pytest.MonkeyPatch, *, backend: str | None, native: bool
+) -> Iterator[None]:
+    """Every kernel reset, for tensors of any size, with ``backend`` (``None``: inductor) behind
+    the native kernels (or instead of them, ``native=False``); reset again afterwards."""
     torch._dynamo.reset()
     for kernel in fast.KERNELS:
-        monkeypatch.setattr(kernel, "backend", "eager")
+        if backend is not None:
+            monkeypatch.setattr(kernel, "backend", backend)
         monkeypatch.setattr(kernel, "min_numel", 2)
-        monkeypatch.setattr(kernel.native, "enabled", False)
+        monkeypatch.setattr(kernel.native, "enabled", native)
         kernel.reset()
     yield
     for kernel in fast.KERNELS:
         kernel.reset()
     torch._dynamo.reset()
+
+
+@pytest.fixture
+def eager_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every kernel compiled from scratch by the ``"eager"`` backend, for tensors of any size."""
+    yield from _fresh_kernels(monkeypatch, backend="eager", native=False)
 
 
 @pytest.fixture
 def inductor_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every kernel compiled from scratch by inductor (its on-disk cache still serves), for
     tensors of any size."""
-    torch._dynamo.reset()
-    for kernel in fast.KERNELS:
-        monkeypatch.setattr(kernel, "min_numel", 2)
-        monkeypatch.setattr(kernel.native, "enabled", False)
-        kernel.reset()
-    yield
-    for kernel in fast.KERNELS:
-        kernel.reset()
-    torch._dynamo.reset()
+    yield from _fresh_kernels(monkeypatch, backend=None, native=False)
 
 
 @pytest.fixture
@@ -102,15 +103,7 @@ def native_kernels(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     by the ``"eager"`` backend, for tensors of any size."""
     if fast.native.library.get() is None:
         pytest.skip(f"the native kernels cannot be built here: {fast.native.library.failure}")
-    torch._dynamo.reset()
-    for kernel in fast.KERNELS:
-        monkeypatch.setattr(kernel, "backend", "eager")
-        monkeypatch.setattr(kernel, "min_numel", 2)
-        kernel.reset()
-    yield
-    for kernel in fast.KERNELS:
-        kernel.reset()
-    torch._dynamo.reset()
+    yield from _fresh_kernels(monkeypatch, backend="eager", native=True)
 
 
 def make_params(
