@@ -10,14 +10,17 @@ run through the same harness to show that the harness itself is right. They take
 lrkit-only items (``info()``, the generated bad-argument cases, ``process_group``).
 
 A new lrkit optimizer is added here once; every contract and distributed test then covers it.
+Optimizers with a fused path are added a second time with ``fused=True`` (``<name>-fused``),
+where its native kernels can be built.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -331,7 +334,42 @@ def _lrkit_entries() -> list[Entry]:
     return entries
 
 
+def _fused(entry: Entry) -> Entry:
+    """``entry`` with ``fused=True``: every contract, reference and distributed test then runs
+    the fused kernels too (the native ones where they can be built)."""
+    reference = entry.reference
+
+    def without_fused(params: Params, **kwargs: Any) -> torch.optim.Optimizer:
+        assert reference is not None
+        kwargs.pop("fused", None)
+        return reference(params, **kwargs)
+
+    return replace(
+        entry,
+        name=f"{entry.name}-fused",
+        defaults={**entry.defaults, "fused": True},
+        reference=None if reference is None else without_fused,
+    )
+
+
 ENTRIES += _lrkit_entries()
+
+
+def _native_kernels_build() -> bool:
+    """Whether the fused path's native kernels can be built here (a C++ compiler is found)."""
+    from lrkit.optim._compiled import native
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return native.library.get() is not None
+
+
+if _native_kernels_build():
+    ENTRIES += [
+        _fused(e)
+        for e in ENTRIES
+        if not e.self_check and "fused" in inspect.signature(e.cls).parameters
+    ]
 
 BY_NAME: dict[str, Entry] = {e.name: e for e in ENTRIES}
 LRKIT: list[Entry] = [e for e in ENTRIES if not e.self_check]
