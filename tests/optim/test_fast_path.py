@@ -593,6 +593,58 @@ def test_native_kernels_leave_other_dtypes_to_the_compiled_kernels(name: str):
 
 
 @pytest.mark.usefixtures("native_kernels")
+@pytest.mark.parametrize("name", ["sf-adamw", "prodigy", "dadapt-adam-decoupled"])
+def test_native_kernels_mix_dtypes_and_leave_strided_gradients_to_the_others(name: str):
+    # float32 and float64 parameters in one group (one native call per dtype), and a gradient
+    # whose layout differs from its parameter's (left to the other paths)
+    def params() -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        return [
+            torch.nn.Parameter(torch.randn(6, 5, generator=gen, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(40, generator=gen, dtype=torch.float32)),
+            torch.nn.Parameter(torch.randn(4, 7, generator=gen, dtype=torch.float64)),
+        ]
+
+    out = {}
+    for path, flags in (("fused", {"fused": True}), ("loop", {"foreach": False})):
+        ps = params()
+        opt = build(name, ps, **flags)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            for p in ps:
+                p.grad = p.detach() + torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            ps[2].grad = ps[2].grad.t().contiguous().t()  # column-major
+            opt.step()
+        out[path] = ps
+    # the float32 tensor's sums enter the global d in float32 rounding, on either path
+    for a, b in zip(out["fused"], out["loop"], strict=True):
+        assert rel_err([a], [b]) < (1e-9 if a.dtype == torch.float64 else 1e-5)
+    strided = out["fused"][2]
+    assert fast.native._pointers([strided, strided.grad]) is None  # went on to the others
+    assert fast.native._pointers([strided, strided.detach().clone()]) is not None
+
+
+def test_native_rows_are_dense_float_cpu_tensors_of_one_layout():
+    x, y = torch.randn(4, 3, 5, 5), torch.randn(4, 3, 5, 5)
+    last = x.to(memory_format=torch.channels_last)
+    pointers = fast.native._pointers
+    assert pointers([x, y, None]) == [x.data_ptr(), y.data_ptr(), 0]
+    other = torch.zeros_like(last)  # channels-last too
+    assert pointers([last, other]) == [last.data_ptr(), other.data_ptr()]
+    reversed_dims = [x.permute(3, 2, 1, 0), y.permute(3, 2, 1, 0)]  # transposed, dense
+    assert pointers(reversed_dims) == [x.data_ptr(), y.data_ptr()]
+    for bad in (
+        [x, last],  # two layouts
+        [x[:, :, ::2], torch.zeros(4, 3, 3, 5)],  # not dense
+        [torch.zeros(1, 5).expand(4, 5), torch.zeros(4, 5)],  # overlapping
+        [x.half(), x.half()],  # other dtypes
+        [torch.zeros(1), torch.zeros(1)],  # under MIN_NUMEL
+        [x, torch.randn(4, 3, 5, 5, dtype=torch.float64)],  # mixed dtypes
+    ):
+        assert pointers(bad) is None
+
+
+@pytest.mark.usefixtures("native_kernels")
 def test_native_build_failure_warns_once_and_takes_the_compiled_kernels(
     monkeypatch: pytest.MonkeyPatch,
 ):
