@@ -9,11 +9,11 @@ number of threads. Where inductor makes two loops of D-Adapt Adam's kernel (its 
 sweeps instead of 12; and it runs at the speed of torch's own fused AdamW kernel, which is
 written the same way.
 
-The source is compiled once per process, at the first ``fused=True`` step on the CPU, by
-inductor's C++ toolchain (``torch._inductor.codecache.CppCodeCache``: the compiler, flags and
-instruction set inductor uses for its own CPU code, and its on-disk cache, so later processes
-load the library without compiling), in a few seconds, not the tens of seconds that
-``torch.compile`` takes for the Python kernels. One call of a kernel sweeps a whole list of
+The source is compiled at the first ``fused=True`` step on the CPU by inductor's C++ toolchain
+(``torch._inductor.codecache.CppCodeCache``: the compiler, flags and instruction set inductor
+uses for its own CPU code), in a few seconds, not the tens of seconds that ``torch.compile``
+takes for the Python kernels; inductor's on-disk cache keeps the library, so later processes
+only load it. One call of a kernel sweeps a whole list of
 tensors (every chunk of every tensor is one item of one OpenMP loop), through ``ctypes``, which
 releases the GIL.
 
@@ -41,8 +41,9 @@ DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 """The dtypes the native kernels are written for, with their entry points' suffixes."""
 
 MIN_NUMEL = 2
-"""Tensors with fewer elements go on to the other paths (a native kernel costs a few
-nanoseconds per tensor, so it takes small tensors too)."""
+"""Tensors with fewer elements go on to the other paths. A tensor costs a native call about
+2 microseconds of host time (checking its layout, reading its address), so small tensors are
+taken too."""
 
 
 class _Library:
