@@ -75,7 +75,7 @@ first (the native library in 3-4 s on a 2-core CPU, once per machine: it is cach
 ``torch.compile``'s kernels in tens of seconds) and because a fused step's float32 rounding
 differs from the default path's, which would change every stored result of a run. Measured on
 a shared 2-core CPU with ~10M float32 parameters in 50 tensors, a fused step of Schedule-Free
-AdamW, Prodigy or D-Adapt Adam takes 1.1-2x the time of torch's fused AdamW, against 4-7x for
+AdamW, Prodigy or D-Adapt Adam takes 1.0-1.9x the time of torch's fused AdamW, against 4.7-5.2x for
 the default paths (``docs/benchmarks.md``).
 ``fused`` is an attribute of the optimizer, not a hyperparameter of a param group, so a
 ``state_dict`` does not record it: a checkpoint saved on one path resumes on the other.
