@@ -54,6 +54,7 @@ class _Library:
         self.failure: str | None = None
 
     def get(self) -> ctypes.CDLL | None:
+        """The library, built or loaded at the first call; ``None`` once that has failed."""
         if self.lib is None and self.failure is None:
             try:
                 from torch._inductor.codecache import CppCodeCache
@@ -69,10 +70,6 @@ class _Library:
                     stacklevel=4,
                 )
         return self.lib
-
-    def reset(self) -> None:
-        self.lib = None
-        self.failure = None
 
 
 library = _Library()
