@@ -41,3 +41,24 @@ def test_the_workload_trains_as_the_built_in_cnn_and_reports_both_accuracies(mon
     assert metrics["accuracy_1k"] == expected["accuracy"]
     assert metrics["loss_1k"] == expected["loss"]
     assert metrics["accuracy"] == pytest.approx(accuracy)
+
+
+def test_disagreement_counts_the_differing_signals_and_who_is_right():
+    labels = torch.tensor([0, 1, 2, 3, 4])
+    a = torch.tensor([0, 1, 9, 3, 9])
+    b = torch.tensor([0, 9, 2, 3, 8])
+    assert big.disagreement(a, b, labels) == (3, 1, 1)
+    assert big.disagreement(a, a, labels) == (0, 0, 0)
+    with pytest.raises(ValueError, match="1-D tensors of one length"):
+        big.disagreement(a, b[:4], labels)
+
+
+def test_the_script_trains_each_seed_and_prints_every_pair(capsys):
+    assert big.main(["--seeds", "0", "1", "--steps", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("seed 0: accuracy ")
+    assert lines[1].startswith("seed 1: accuracy ")
+    assert lines[2].startswith("seeds 0 and 1: differ on ")
+    a = big.predictions("adamw(schedule='cosine', warmup=0.05)", 0.03162, 0, steps=3)
+    b = big.predictions("adamw(schedule='cosine', warmup=0.05)", 0.03162, 0, steps=3)
+    assert torch.equal(a, b)  # seeded: the same run twice
