@@ -14,7 +14,7 @@ import torch
 from lrkit.bench.config import RunConfig
 from lrkit.bench.strategies import Strategy
 from lrkit.bench.train import SMOOTHING, train
-from lrkit.bench.workloads import BUILTIN
+from lrkit.bench.workloads import BUILTIN, get_workload
 from testkit import one_thread_fixture, same_result
 
 TOY = """
@@ -352,10 +352,55 @@ def test_on_eval_sees_each_entry():
     assert len(seen) == 20
 
 
+def test_on_update_sees_every_update_after_its_scheduler_step():
+    seen: list[tuple[int, float]] = []
+
+    def record(step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        assert isinstance(model, torch.nn.Module)
+        seen.append((step, optimizer.param_groups[0]["lr"]))
+
+    config = RunConfig("logreg", "sgd(schedule='cosine')", 0.1, steps=12)
+    result = train(config, on_update=record)
+    assert result.status == "ok"
+    assert [step for step, _ in seen] == list(range(1, 13))
+    assert seen[-1][1] == pytest.approx(0.0, abs=1e-12)  # the rate after the last decay step
+
+
+def test_a_measuring_on_update_leaves_the_run_unchanged():
+    from lrkit.curvature import EdgeOfStability
+
+    config = RunConfig("mnist1d_mlp", "sgd(momentum=0.9, schedule='cosine')", 0.1, steps=30)
+    workload = get_workload("mnist1d_mlp")
+    fixed = [next(workload.batches(0, 16))]
+    trackers: list[EdgeOfStability] = []
+
+    def measure(step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if not trackers:
+            trackers.append(EdgeOfStability(model, workload.loss, fixed, optimizer, every=10))
+        trackers[0](step)
+
+    plain, measured = train(config), train(config, on_update=measure)
+    assert [r.step for r in trackers[0].history] == [10, 20, 30]
+    assert measured.final == plain.final
+    assert measured.curve == plain.curve
+
+
+def test_an_on_update_error_fails_the_run():
+    def stop(step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if step == 2:
+            raise RuntimeError("measured enough")
+
+    result = train(RunConfig("logreg", "sgd()", 0.1, steps=5), on_update=stop)
+    assert result.status == "failed"
+    assert (result.error or "").startswith("RuntimeError: measured enough")
+    assert result.steps_done == 2
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "match"),
     [
         (("logreg",), {}, TypeError, "config must be a RunConfig, got str"),
+        ((RunConfig("logreg", "sgd()", 0.1),), {"on_update": 1}, TypeError, "on_update must be"),
         ((RunConfig("logreg", "sgd()", 0.1),), {"on_eval": 3}, TypeError, "on_eval must be"),
         ((RunConfig("logreg", "sgd()", 0.1),), {"threads": 0}, ValueError, "threads must be"),
     ],

@@ -66,7 +66,7 @@ from lrkit.bench.strategies import Setup, parse_strategy
 from lrkit.bench.workloads import Workload, get_workload
 from lrkit.optim.schedule_free import ScheduleFree
 
-__all__ = ["SMOOTHING", "train"]
+__all__ = ["SMOOTHING", "EvalCallback", "UpdateCallback", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ SMOOTHING = 0.98
 _BN_BATCHES = 50
 
 EvalCallback = Callable[[dict[str, float]], None]
+UpdateCallback = Callable[[int, nn.Module, torch.optim.Optimizer], None]
 
 
 class _DivergedError(Exception):
@@ -92,7 +93,13 @@ class _Progress:
         return 0.0 if self.started is None else time.perf_counter() - self.started
 
 
-def train(config: RunConfig, *, on_eval: EvalCallback | None = None, threads: int = 1) -> RunResult:
+def train(
+    config: RunConfig,
+    *,
+    on_eval: EvalCallback | None = None,
+    on_update: UpdateCallback | None = None,
+    threads: int = 1,
+) -> RunResult:
     """Train and evaluate one run; never raises for what happens inside the run.
 
     Args:
@@ -101,6 +108,11 @@ def train(config: RunConfig, *, on_eval: EvalCallback | None = None, threads: in
         on_eval: Called after each evaluation with a copy of the curve entry (``step``,
             ``train_loss``, ``lr``, the workload's metrics, and ``effective_lr`` for optimizers
             that report one). An exception it raises fails the run.
+        on_update: Called after each training update (and its scheduler step) with the number
+            of updates done, the model and the optimizer, to measure along the run (e.g.
+            :class:`lrkit.curvature.EdgeOfStability`). It must leave the model, the optimizer
+            and the random stream as it found them, or the run is no longer the benchmark's.
+            An exception it raises fails the run.
         threads: torch intra-op threads for the run (restored afterwards).
 
     Returns:
@@ -122,11 +134,13 @@ def train(config: RunConfig, *, on_eval: EvalCallback | None = None, threads: in
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     if on_eval is not None and not callable(on_eval):
         raise TypeError(f"on_eval must be callable or None, got {type(on_eval).__name__}")
+    if on_update is not None and not callable(on_update):
+        raise TypeError(f"on_update must be callable or None, got {type(on_update).__name__}")
     threads = check_int("threads", threads, min=1)
     progress = _Progress()
     try:
         with _isolated(config.seed, threads):
-            final = _run(config, on_eval, progress)
+            final = _run(config, on_eval, on_update, progress)
     except _DivergedError as exc:
         return _result("diverged", progress, error=str(exc))
     except Exception as exc:
@@ -152,7 +166,12 @@ def _result(
     )
 
 
-def _run(config: RunConfig, on_eval: EvalCallback | None, progress: _Progress) -> dict[str, float]:
+def _run(
+    config: RunConfig,
+    on_eval: EvalCallback | None,
+    on_update: UpdateCallback | None,
+    progress: _Progress,
+) -> dict[str, float]:
     workload = get_workload(config.workload)
     strategy = parse_strategy(config.strategy)
     steps = workload.budget(config.steps)
@@ -179,6 +198,8 @@ def _run(config: RunConfig, on_eval: EvalCallback | None, progress: _Progress) -
         value = loop.update(step)
         progress.steps_done = step + 1
         loop.check_explosion(value, step)
+        if on_update is not None:
+            on_update(progress.steps_done, model, setup.optimizer)
         window.append(value)
         if progress.steps_done % every == 0 or progress.steps_done == steps:
             lr = loop.last_lr
