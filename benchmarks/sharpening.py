@@ -14,8 +14,10 @@ the top Hessian eigenvalue, the stability ratio (1 is the edge of stability, Coh
 :math:`S = \lambda_{\max}(D^{1/2} H D^{1/2})` with :math:`D` the optimizer's per-parameter
 rates, :math:`\tau` its momentum rule's threshold) and, for SGD, the largest stable rate of the
 quadratic model at that point, the curvature bound :math:`2/\lambda_{\max}` generalized to
-momentum. The first measurement follows update 1 (warmup's first, tiny rate: the point the
-bound of ``benchmarks/finder_quality.py`` is measured at).
+momentum. The first measurement follows update 1, at warmup's first, tiny rate: practically the
+initial point, where ``benchmarks/finder_quality.py`` measures its bound. The summary table gives
+that and the largest sharpness measured while the rate is at least half its peak, where stability
+binds.
 
 Usage::
 
@@ -67,8 +69,14 @@ class Trajectory:
     error: str | None = None
 
     def peak(self) -> EoSRecord | None:
-        r"""The measurement with the largest :math:`\lambda_{\max}`, or ``None``."""
-        return max(self.records, key=lambda r: r.sharpness, default=None)
+        r"""The largest :math:`\lambda_{\max}` measured while the rate was at least half its peak.
+
+        That is where stability binds: once the rate has decayed, the sharpness may grow without
+        harm. ``None`` when no measurement qualifies.
+        """
+        top = max((r.lr for r in self.records), default=0.0)
+        high = [r for r in self.records if r.lr >= 0.5 * top]
+        return max(high, key=lambda r: r.sharpness, default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the run, its status and final metrics, every record."""
@@ -144,7 +152,7 @@ def markdown(runs: Sequence[Trajectory], metric: str | None = None) -> str:
     """A summary table of the runs, then each run's measurements."""
     lines = [
         "| workload | peak lr | seed | status | final | λ_max after update 1 | τ/λ_max then "
-        "| largest λ_max (update) | τ/λ_max there | largest S/τ |",
+        "| largest λ_max at lr ≥ peak/2 (update) | τ/λ_max there | largest S/τ |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:

@@ -41,6 +41,19 @@ def test_the_measured_run_is_the_bench_run_and_its_first_record_is_lambda_max_th
     assert first.lr == pytest.approx(0.3 * 1 / 2)  # warmup: update 2 of 30 runs at 1/2 the peak
 
 
+def test_the_peak_is_the_sharpest_record_while_the_rate_is_at_least_half_its_peak():
+    from lrkit.curvature import EoSRecord
+
+    def record(step: int, lr: float, sharpness: float) -> EoSRecord:
+        return EoSRecord(step, lr, sharpness, 0.0, lr * sharpness, 2.0, 1.0, 3, True)
+
+    config = RunConfig("logreg", sharpening.SGD, 1.0, 0, steps=4)
+    result = train(config)
+    records = (record(1, 0.1, 1.0), record(2, 1.0, 3.0), record(3, 0.5, 4.0), record(4, 0.4, 9.0))
+    assert sharpening.Trajectory(config, result, records).peak() == records[2]
+    assert sharpening.Trajectory(config, result, ()).peak() is None
+
+
 def test_a_diverging_run_keeps_the_records_taken_before(tmp_path):
     config = RunConfig("mnist1d_mlp", sharpening.SGD, 1e4, 0, steps=40)
     run = sharpening.trajectory(config, every=1, batches=1, max_iter=5)
