@@ -54,6 +54,26 @@ def test_the_peak_is_the_sharpest_record_while_the_rate_is_at_least_half_its_pea
     assert sharpening.Trajectory(config, result, ()).peak() is None
 
 
+def test_a_failing_measurement_ends_the_measuring_not_the_run(monkeypatch):
+    from lrkit.curvature import EdgeOfStability
+
+    calls: list[int] = []
+
+    def broken(self: EdgeOfStability, step: int, **kwargs: object) -> None:
+        calls.append(step)
+        raise RuntimeError("no double backward")
+
+    monkeypatch.setattr(EdgeOfStability, "measure", broken)
+    config = RunConfig("logreg", sharpening.SGD, 0.3, 0, steps=20)
+    run = sharpening.trajectory(config, every=5)
+    assert calls == [1]
+    assert run.result.status == "ok"
+    assert run.result.final == train(config).final
+    assert run.records == ()
+    assert run.error == "RuntimeError: no double backward"
+    assert "(RuntimeError: no double backward)" in sharpening.markdown([run])
+
+
 def test_a_diverging_run_keeps_the_records_taken_before(tmp_path):
     config = RunConfig("mnist1d_mlp", sharpening.SGD, 1e4, 0, steps=40)
     run = sharpening.trajectory(config, every=1, batches=1, max_iter=5)
