@@ -112,7 +112,8 @@ def train(
             of updates done, the model and the optimizer, to measure along the run (e.g.
             :class:`lrkit.curvature.EdgeOfStability`). It must leave the model, the optimizer
             and the random stream as it found them, or the run is no longer the benchmark's.
-            An exception it raises fails the run.
+            It is not called for the update that ends a run as diverged; its time counts in
+            ``wall_time``. An exception it raises fails the run.
         threads: torch intra-op threads for the run (restored afterwards).
 
     Returns:
