@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from lrkit._validate import check_float, check_int
 from lrkit.bench.config import RunConfig, RunResult
 from lrkit.bench.train import train
 from lrkit.bench.workloads import get_workload
@@ -106,11 +107,15 @@ def trajectory(
     Attention runs in PyTorch's math kernel during a measurement: the fused CPU kernels have no
     double backward. A measurement that fails (e.g. a model without a double backward) ends the
     measuring, not the run; its error is returned.
+
+    Raises:
+        TypeError, ValueError: A bad ``every``, ``batches``, ``max_iter`` or ``tol``, before any
+            training.
     """
-    if every < 1:
-        raise ValueError(f"every must be at least 1, got {every}")
-    if batches < 1:
-        raise ValueError(f"batches must be at least 1, got {batches}")
+    every = check_int("every", every, min=1)
+    batches = check_int("batches", batches, min=1)
+    max_iter = check_int("max_iter", max_iter, min=1)
+    tol = check_float("tol", tol, min=0.0, max=1.0, min_open=True, max_open=True)
     workload = get_workload(config.workload)
     with torch.random.fork_rng(devices=[]):
         stream = workload.batches(config.seed, workload.batch_size)

@@ -98,11 +98,19 @@ def test_the_script_prints_and_writes_the_tables_and_records(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"), [({"every": 0}, "every"), ({"batches": 0}, "batches")]
+    ("kwargs", "error", "match"),
+    [
+        ({"every": 0}, ValueError, "every"),
+        ({"batches": 0}, ValueError, "batches"),
+        ({"max_iter": 0}, ValueError, "max_iter"),
+        ({"tol": 1.0}, ValueError, "tol"),
+        ({"every": 2.5}, TypeError, "every"),
+    ],
 )
-def test_bad_arguments_are_refused_before_training(kwargs, match):
+def test_bad_arguments_are_refused_before_training(kwargs, error, match, monkeypatch):
+    monkeypatch.setattr(sharpening, "train", None)  # training would call it and fail differently
     config = RunConfig("logreg", sharpening.SGD, 0.3, 0, steps=5)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         sharpening.trajectory(config, **{"every": 5, **kwargs})
 
 
